@@ -1,0 +1,107 @@
+"""The Laplace marginal's value and its one custom VJP.
+
+Notation: `fn(theta, phi) = -log p(theta, phi, y)` with a flat `theta` (d entries),
+`A = ∇²_θ fn` at the mode `theta*`, factorised once by the Hessian strategy.
+
+    m(phi) = -fn(theta*, phi) - ½ log det A + (d/2) log 2π
+
+Backward pass, for a cotangent `ḡ` on `m` and `θ̄` on `theta*`:
+
+- `T(θ, φ) = tr(A₀⁻¹ ∇²_θ fn(θ, φ))` with `A₀` held fixed has the same first
+  derivatives as `log det A` (the strategy's `logdet_surrogate`);
+- `dθ*/dφ = -A⁻¹ ∂_φ∇_θ fn` (implicit function theorem), contracted first: one solve
+  `A u = ½ ḡ ∂_θT - θ̄` with the stored factor;
+- `∇_φ = ∂_φ[-ḡ fn(θ*, φ) - ½ ḡ T(θ*, φ) + ⟨u, ∇_θ fn(θ*, φ)⟩]`, one pass over the
+  model's phi-path, in forward mode (phi is small).
+
+One Hessian and one factorisation per evaluation: the inner solver returns the factor
+at `theta*`, and nothing else factorises.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from ._hessian import AbstractHessianStrategy, FlatFn
+from ._inner import AbstractInnerSolver
+from ._misc import all_finite
+from ._results import RESULTS
+
+
+def _value(fn, theta, phi, hessian, factor):
+    d = theta.shape[0]
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    return -fn(theta, phi) - 0.5 * hessian.logdet(factor) + d * half_log_2pi
+
+
+def _forward(phi, fn: FlatFn, theta0, inner: AbstractInnerSolver, hessian):
+    sol = inner.solve(fn, theta0, phi, hessian)
+    ok = sol.result == RESULTS.successful
+    value = _value(fn, sol.theta, phi, hessian, sol.factor)
+    ok = ok & jnp.isfinite(value)
+    result = RESULTS.where(
+        ok | (sol.result != RESULTS.successful),
+        sol.result,
+        RESULTS.nonfinite_log_density,
+    )
+    value = jnp.where(ok, value, -jnp.inf)
+    # A failed solve must not poison the next warm start.
+    theta = jnp.where(all_finite(sol.theta), sol.theta, theta0)
+    return (value, theta, result, sol.num_steps), (sol.theta, sol.factor, ok)
+
+
+@eqx.filter_custom_vjp
+def laplace_log_marginal(phi, fn, theta0, inner, hessian):
+    """Returns `(log_marginal, theta_star, result, num_steps)` with a custom VJP.
+
+    A failed solve gives `-inf` (and a zero gradient).
+    """
+    out, _ = _forward(phi, fn, theta0, inner, hessian)
+    return out
+
+
+@laplace_log_marginal.def_fwd
+def _laplace_fwd(perturbed, phi, fn, theta0, inner, hessian):
+    del perturbed
+    return _forward(phi, fn, theta0, inner, hessian)
+
+
+@laplace_log_marginal.def_bwd
+def _laplace_bwd(residuals, cotangents, perturbed, phi, fn, theta0, inner, hessian):
+    del perturbed, theta0, inner
+    theta, factor, ok = residuals
+    value_bar, theta_bar, _, _ = cotangents
+    hessian: AbstractHessianStrategy
+    if value_bar is None:
+        value_bar = jnp.zeros((), theta.dtype)
+    phi_flat, unravel_phi = ravel_pytree(phi)
+
+    def surrogate(t, p):
+        return hessian.logdet_surrogate(factor, fn, t, p)
+
+    d_surrogate_d_theta = jax.grad(surrogate)(theta, phi)
+    rhs = 0.5 * value_bar * d_surrogate_d_theta
+    if theta_bar is not None:
+        rhs = rhs - theta_bar
+    u = hessian.solve(factor, rhs)
+    grad_theta_fn = jax.grad(fn)
+
+    def phi_terms(p_flat):
+        p = unravel_phi(p_flat)
+        return (
+            -value_bar * fn(theta, p)
+            - 0.5 * value_bar * surrogate(theta, p)
+            + jnp.dot(u, grad_theta_fn(theta, p))
+        )
+
+    if phi_flat.size == 0:
+        grad_flat = phi_flat
+    else:
+        grad_flat = jax.jacfwd(phi_terms)(phi_flat)
+    # A failed evaluation (value -inf) gets a zero gradient; a successful one keeps
+    # whatever it computed, so a non-finite gradient is still seen by the sampler.
+    grad_flat = jnp.where(ok, grad_flat, jnp.zeros_like(grad_flat))
+    return unravel_phi(grad_flat)

@@ -1,0 +1,29 @@
+import optimistix as optx
+
+
+class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
+    """Outcome codes of lapsample's numerical pieces.
+
+    Extends [`optimistix.RESULTS`][] (and through it `lineax.RESULTS`), so codes from
+    Optimistix solvers are promoted with `RESULTS.promote(...)` and compared directly.
+    A code other than `RESULTS.successful` inside a sampler is a rejected, counted
+    transition, never an exception.
+    """
+
+    hessian_not_positive_definite = (
+        "The negative Hessian of the log joint in `theta` is not positive definite at "
+        "the point returned by the inner solver, so the Laplace approximation is not "
+        "defined there. The log joint may not be concave in `theta` at this `phi`, or "
+        "the inner solve stopped at a saddle point."
+    )
+    inner_solve_failed = (
+        "The inner solver did not find the mode of the log joint in `theta` within "
+        "`max_steps`. Increase `max_steps`, use `Newton()` (the default inner "
+        "solver), or check that the log joint is concave in `theta`."
+    )
+    nonfinite_log_density = (
+        "The log density, or its gradient, is not finite (NaN or inf)."
+    )
+    divergent = (
+        "The energy error of the trajectory exceeded the divergence threshold."
+    )

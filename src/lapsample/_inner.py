@@ -64,9 +64,7 @@ def _finalise(fn, theta, phi, hessian, result, num_steps) -> InnerSolution:
     result = RESULTS.where(
         factor.positive_definite, result, RESULTS.hessian_not_positive_definite
     )
-    return InnerSolution(
-        theta=theta, result=result, num_steps=num_steps, factor=factor
-    )
+    return InnerSolution(theta=theta, result=result, num_steps=num_steps, factor=factor)
 
 
 class _NewtonCarry(eqx.Module):
@@ -74,28 +72,40 @@ class _NewtonCarry(eqx.Module):
     value: Array
     grad: Array
     factor: AbstractFactor
+    direction: Array
     decrement: Array
     num_steps: Array
     done: Array
     failed: Array
 
 
+def _max_abs(x):
+    return jnp.max(jnp.abs(x), initial=0.0)
+
+
 class Newton(AbstractInnerSolver):
     """Newton's method with a Cholesky (or structured) factor and a backtracking
     line search: the default inner solver.
 
-    Each iteration factorises the Hessian with the marginal's Hessian strategy,
-    takes the Newton direction `p = -A⁻¹ g`, and halves the step until the Armijo
-    condition holds (plain Newton from a cold start can overflow `exp(theta)` in
-    count models). It stops when half the Newton decrement `gᵀA⁻¹g`, an estimate of
-    the distance to the optimum in objective value that does not depend on how
-    `theta` is scaled, falls below `atol + rtol·|fn|`. The convergence test is made
-    with the factor at the returned point, and that factor is handed to the marginal:
-    no extra factorisation.
+    Each iteration factorises the Hessian with the marginal's Hessian strategy, takes
+    the Newton direction `p = -A⁻¹ g`, and halves the step until the Armijo condition
+    holds (plain Newton from a cold start can overflow `exp(theta)` in count models).
+
+    Stopping. The solve iterates until the Newton step is negligible,
+    `max|p| <= xtol·(1 + max|theta|)`: the log-determinant and its gradient are
+    sensitive to error in `theta` along weakly curved directions, which a test on the
+    objective alone misses when `H` is ill-conditioned. Newton converges
+    quadratically, so this costs at most one extra iteration. If rounding stops the
+    step from shrinking first, the solve ends there and succeeds when half the Newton
+    decrement `gᵀA⁻¹g` (the predicted distance to the optimum in objective value,
+    independent of how `theta` is scaled) is below `atol + rtol·|fn|`. The test is
+    made with the factor at the returned point, and that factor is handed to the
+    marginal: no extra factorisation.
     """
 
     rtol: float | None = None
     atol: float | None = None
+    xtol: float | None = None
     max_steps: int = 50
     max_backtracks: int = 30
 
@@ -108,30 +118,37 @@ class Newton(AbstractInnerSolver):
 
     def solve(self, fn, theta0, phi, hessian):
         dtype = theta0.dtype
+        eps = float(jnp.finfo(dtype).eps)
         rtol = default_tolerance(dtype) if self.rtol is None else self.rtol
         atol = default_tolerance(dtype) if self.atol is None else self.atol
+        xtol = eps ** (2 / 3) if self.xtol is None else self.xtol
         value_and_grad = jax.value_and_grad(fn)
 
-        def converged(value, decrement):
+        def acceptable(value, decrement):
             return 0.5 * decrement <= atol + rtol * jnp.abs(value)
+
+        def negligible(theta, direction):
+            return _max_abs(direction) <= xtol * (1 + _max_abs(theta))
 
         def evaluate(theta):
             value, grad = value_and_grad(theta, phi)
             factor = hessian.factorise(fn, theta, phi)
-            decrement = jnp.dot(grad, hessian.solve(factor, grad))
+            direction = -hessian.solve(factor, grad)
+            decrement = -jnp.dot(grad, direction)
             ok = jnp.isfinite(value) & factor.positive_definite
-            ok = ok & jnp.all(jnp.isfinite(grad))
-            return value, grad, factor, decrement, ok
+            ok = ok & jnp.all(jnp.isfinite(grad)) & jnp.isfinite(decrement)
+            return value, grad, factor, direction, decrement, ok
 
-        value, grad, factor, decrement, ok = evaluate(theta0)
+        value, grad, factor, direction, decrement, ok = evaluate(theta0)
         carry = _NewtonCarry(
             theta=theta0,
             value=value,
             grad=grad,
             factor=factor,
+            direction=direction,
             decrement=decrement,
             num_steps=jnp.array(0),
-            done=~ok | converged(value, decrement),
+            done=~ok | negligible(theta0, direction),
             failed=~ok,
         )
 
@@ -139,48 +156,49 @@ class Newton(AbstractInnerSolver):
             return ~c.done & (c.num_steps < self.max_steps)
 
         def body(c):
-            direction = -hessian.solve(c.factor, c.grad)
+            def armijo(step, trial):
+                bound = c.value - 1e-4 * step * c.decrement
+                return jnp.isfinite(trial) & (trial <= bound)
 
             def ls_cond(ls):
                 step, trial, k = ls
-                sufficient = trial <= c.value - 1e-4 * step * c.decrement
-                return ~(jnp.isfinite(trial) & sufficient) & (k < self.max_backtracks)
+                return ~armijo(step, trial) & (k < self.max_backtracks)
 
             def ls_body(ls):
                 step, _, k = ls
                 step = 0.5 * step
-                return step, fn(c.theta + step * direction, phi), k + 1
+                return step, fn(c.theta + step * c.direction, phi), k + 1
 
             one = jnp.array(1.0, dtype)
-            step, trial, _ = jax.lax.while_loop(
-                ls_cond, ls_body, (one, fn(c.theta + direction, phi), jnp.array(0))
-            )
-            accepted = jnp.isfinite(trial) & (
-                trial <= c.value - 1e-4 * step * c.decrement
-            )
-            theta = c.theta + step * direction
-            value, grad, factor, decrement, ok = evaluate(theta)
-            failed = ~accepted | ~ok
+            init = (one, fn(c.theta + c.direction, phi), jnp.array(0))
+            step, trial, _ = jax.lax.while_loop(ls_cond, ls_body, init)
+            accepted = armijo(step, trial)
+            theta = c.theta + step * c.direction
+            value, grad, factor, direction, decrement, ok = evaluate(theta)
+            # Rounding has taken over when a full-length step stops shrinking the
+            # step: stop there (success is then judged by the decrement).
+            stalled = _max_abs(direction) > 0.5 * _max_abs(c.direction)
             new = _NewtonCarry(
                 theta=theta,
                 value=value,
                 grad=grad,
                 factor=factor,
+                direction=direction,
                 decrement=decrement,
                 num_steps=c.num_steps + 1,
-                done=failed | converged(value, decrement),
-                failed=failed,
+                done=~ok | negligible(theta, direction) | stalled,
+                failed=~ok,
             )
-            # A failed line search keeps the last good iterate and stops.
-            stay = eqx.tree_at(
-                lambda x: (x.done, x.failed), c, (jnp.array(True), jnp.array(True))
-            )
+            # A failed line search keeps the last iterate and stops.
+            stay = eqx.tree_at(lambda x: x.done, c, jnp.array(True))
             return tree_where(accepted, new, stay)
 
         c = jax.lax.while_loop(cond, body, carry)
-        is_converged = converged(c.value, c.decrement) & jnp.isfinite(c.decrement)
+        converged = (
+            negligible(c.theta, c.direction) | acceptable(c.value, c.decrement)
+        ) & ~c.failed
         result = RESULTS.where(
-            is_converged, RESULTS.successful, RESULTS.inner_solve_failed
+            converged, RESULTS.successful, RESULTS.inner_solve_failed
         )
         result = RESULTS.where(
             c.factor.positive_definite, result, RESULTS.hessian_not_positive_definite
@@ -192,12 +210,14 @@ class Newton(AbstractInnerSolver):
 
 Newton.__init__.__doc__ = """**Arguments:**
 
-- `rtol`, `atol`: the solve stops when `½ gᵀA⁻¹g <= atol + rtol·|fn(theta)|`. `None`
-    (the default) uses `eps ** 0.75` of the dtype: about `1.8e-12` in float64 and
-    `6.4e-6` in float32. Newton converges quadratically, so the last step usually
-    lands far below the tolerance.
+- `xtol`: the solve iterates until `max|p| <= xtol·(1 + max|theta|)` for the Newton
+    step `p`. `None` (the default) gives `eps ** (2/3)` of the dtype: about `3.7e-11`
+    in float64 and `2.4e-5` in float32.
+- `rtol`, `atol`: a solve that stops before that (rounding, a failed line search,
+    `max_steps`) still succeeds when `½ gᵀA⁻¹g <= atol + rtol·|fn(theta)|`. `None`
+    gives `eps ** 0.75`: about `1.8e-12` in float64 and `6.4e-6` in float32.
 - `max_steps`: the most Newton iterations per solve. Warm-started solves inside a
-    sampler typically take 0 to 2.
+    sampler typically take 1 or 2.
 - `max_backtracks`: the most step halvings in the line search of one iteration.
 """
 

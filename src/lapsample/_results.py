@@ -24,6 +24,4 @@ class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     nonfinite_log_density = (
         "The log density, or its gradient, is not finite (NaN or inf)."
     )
-    divergent = (
-        "The energy error of the trajectory exceeded the divergence threshold."
-    )
+    divergent = "The energy error of the trajectory exceeded the divergence threshold."

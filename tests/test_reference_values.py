@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import jax.scipy.stats as jstats
-import lapsample as ls
 import numpy as np
 import pytest
+
+import lapsample as ls
 
 from .helpers import oracle_log_marginal, shared_json
 

@@ -2,10 +2,14 @@
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Int, PRNGKeyArray, PyTree, Scalar
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._ad import laplace_log_marginal
 from ._hessian import AbstractHessianStrategy, DenseHessian
@@ -78,6 +82,44 @@ PlainDensity.__init__.__doc__ = """**Arguments:**
 """
 
 
+def _leaf_paths(tree):
+    return [
+        (jtu.keystr(path) or "(root)", leaf)
+        for path, leaf in jtu.tree_flatten_with_path(tree)[0]
+    ]
+
+
+def _check_float_tree(tree, name: str, example: str):
+    for path, leaf in _leaf_paths(tree):
+        if hasattr(leaf, "dtype"):
+            dtype = leaf.dtype
+        else:
+            try:
+                dtype = jnp.asarray(leaf).dtype
+            except TypeError:
+                raise TypeError(
+                    f"`{name}{path}` is a {type(leaf).__name__}, not an array. "
+                    f"`{name}` must be a PyTree of floating-point arrays, e.g. "
+                    f"{example}."
+                ) from None
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"`{name}{path}` has dtype {dtype}; it must be floating point, or "
+                f"gradients and Newton steps are meaningless. Pass floats, e.g. "
+                f"{example} or `x.astype(float)`."
+            )
+
+
+def _nonfinite_report(tree, name: str) -> str:
+    bad = []
+    for path, leaf in _leaf_paths(tree):
+        arr = np.asarray(leaf)
+        if not np.all(np.isfinite(arr)):
+            where = np.argwhere(~np.isfinite(arr)).tolist()
+            bad.append(f"{name}{path}" + (f" at indices {where[:5]}" if where else ""))
+    return ", ".join(bad)
+
+
 class _NegativeLogJoint(eqx.Module):
     """`(theta_flat, phi) -> -log_joint(unravel(theta_flat), phi)`."""
 
@@ -128,9 +170,97 @@ class LaplaceMarginal(AbstractMarginal):
     """
 
     log_joint: Callable
-    theta_init: PyTree[Array]
+    # Annotated loosely so that `__check_init__` gives the error message.
+    theta_init: PyTree[Any]
     inner_solver: AbstractInnerSolver = Newton()
     hessian: AbstractHessianStrategy = DenseHessian()
+
+    def __check_init__(self):
+        if not callable(self.log_joint):
+            raise TypeError(
+                "`log_joint` must be a callable `log_joint(theta, phi) -> scalar`, got "
+                f"{type(self.log_joint).__name__}."
+            )
+        _check_float_tree(self.theta_init, "theta_init", "`jnp.zeros(n)`")
+        if not isinstance(self.inner_solver, AbstractInnerSolver):
+            raise TypeError(
+                "`inner_solver` must be an `lapsample.AbstractInnerSolver` such as "
+                f"`lapsample.Newton()`, got {type(self.inner_solver).__name__}."
+            )
+        if not isinstance(self.hessian, AbstractHessianStrategy):
+            raise TypeError(
+                "`hessian` must be an `lapsample.AbstractHessianStrategy` such as "
+                f"`lapsample.DenseHessian()`, got {type(self.hessian).__name__}."
+            )
+
+    def check(self, phi: PyTree[ArrayLike]) -> None:
+        """Check that `log_joint` works at `(theta_init, phi)`, before any compilation.
+
+        Raises `TypeError`/`ValueError` with a message that names the problem and
+        the fix: integer inputs; `theta_init` or `phi` with a structure or shapes that
+        `log_joint` does not accept; an output that is not a floating scalar; a
+        non-finite value or gradient at the starting point. Samplers call this on
+        their initial position.
+
+        **Arguments:**
+
+        - `phi`: a concrete value of the hyperparameters.
+        """
+        _check_float_tree(phi, "phi", "`jnp.array(0.0)`")
+        try:
+            out = jax.eval_shape(self.log_joint, self.theta_init, phi)
+        except Exception as e:
+            raise ValueError(
+                "`log_joint(theta_init, phi)` failed while tracing with "
+                f"{type(e).__name__}: {e}\nCheck that `theta_init` has the PyTree "
+                "structure and shapes that `log_joint` expects for `theta` (its first "
+                "argument, the latent) and `phi` those for its second argument (the "
+                f"hyperparameters). Got theta_init shapes "
+                f"{jtu.tree_map(jnp.shape, self.theta_init)} and phi shapes "
+                f"{jtu.tree_map(jnp.shape, phi)}."
+            ) from e
+        if not (hasattr(out, "shape") and out.shape == ()):
+            raise ValueError(
+                "`log_joint(theta, phi)` must return a scalar log density, but it "
+                f"returned {out}. Sum the terms (e.g. `.sum()`) to get one number."
+            )
+        if not jnp.issubdtype(out.dtype, jnp.inexact):
+            raise ValueError(
+                f"`log_joint(theta, phi)` returned dtype {out.dtype}; it must return a "
+                "floating-point log density."
+            )
+        value, (grad_theta, grad_phi) = jax.value_and_grad(
+            self.log_joint, argnums=(0, 1)
+        )(self.theta_init, phi)
+        if not np.isfinite(float(value)):
+            inputs = ", ".join(
+                r
+                for r in (
+                    _nonfinite_report(self.theta_init, "theta_init"),
+                    _nonfinite_report(phi, "phi"),
+                )
+                if r
+            )
+            hint = (
+                f"These inputs are not finite: {inputs}."
+                if inputs
+                else "Both inputs are finite, so the model itself gives "
+                "log(0) or NaN there: pick a `phi` inside the support of the prior "
+                "and a `theta_init` where the likelihood is positive (for count "
+                "models, e.g. `log(y + 1)`)."
+            )
+            raise ValueError(
+                f"`log_joint(theta_init, phi)` is {float(value)} at the starting "
+                "point. " + hint
+            )
+        for grad, name in ((grad_theta, "theta"), (grad_phi, "phi")):
+            report = _nonfinite_report(grad, f"d log_joint / d {name}")
+            if report:
+                raise ValueError(
+                    "`log_joint` is finite at the starting point but its gradient is "
+                    f"not: {report}. Check the model for operations with infinite "
+                    "slope there (sqrt(0), log near 0, abs)."
+                )
 
     @property
     def raveller(self) -> TreeRaveller:

@@ -2,6 +2,15 @@
 
 import importlib.metadata
 
+from ._api import (
+    ess as ess,
+    laplace_dhmc as laplace_dhmc,
+    laplace_dmhmc as laplace_dmhmc,
+    laplace_hmc as laplace_hmc,
+    laplace_mhmc as laplace_mhmc,
+    laplace_nuts as laplace_nuts,
+    run_inference_algorithm as run_inference_algorithm,
+)
 from ._hessian import (
     AbstractFactor as AbstractFactor,
     AbstractHessianStrategy as AbstractHessianStrategy,
@@ -19,14 +28,51 @@ from ._inner import (
     LBFGS as LBFGS,
     Newton as Newton,
 )
+from ._integrator import (
+    AbstractIntegrator as AbstractIntegrator,
+    AbstractPalindromicIntegrator as AbstractPalindromicIntegrator,
+    FlatLogDensity as FlatLogDensity,
+    Leapfrog as Leapfrog,
+    McLachlan as McLachlan,
+    PhasePoint as PhasePoint,
+)
 from ._marginal import (
     AbstractMarginal as AbstractMarginal,
-    LaplaceMarginal as LaplaceMarginal,
     laplace_marginal_factory as laplace_marginal_factory,
+    LaplaceMarginal as LaplaceMarginal,
     MarginalAux as MarginalAux,
     PlainDensity as PlainDensity,
 )
+from ._metric import (
+    AbstractMetric as AbstractMetric,
+    DenseMetric as DenseMetric,
+    DiagonalMetric as DiagonalMetric,
+    metric_from_inverse_mass_matrix as metric_from_inverse_mass_matrix,
+)
+from ._proposal import (
+    AbstractProposal as AbstractProposal,
+    AbstractWeightedProposal as AbstractWeightedProposal,
+    EndpointMH as EndpointMH,
+    Multinomial as Multinomial,
+    ProposalState as ProposalState,
+)
 from ._results import RESULTS as RESULTS
+from ._sampler import (
+    Sampler as Sampler,
+    SamplerInfo as SamplerInfo,
+    SamplerState as SamplerState,
+)
+from ._trajectory import (
+    AbstractDynamicTrajectory as AbstractDynamicTrajectory,
+    AbstractNumStepsTrajectory as AbstractNumStepsTrajectory,
+    AbstractTrajectory as AbstractTrajectory,
+    Fixed as Fixed,
+    Hamiltonian as Hamiltonian,
+    IncompatibleComponentsError as IncompatibleComponentsError,
+    NoUTurn as NoUTurn,
+    RandomLength as RandomLength,
+    TrajectoryInfo as TrajectoryInfo,
+)
 
 
 __version__ = importlib.metadata.version("lapsample")

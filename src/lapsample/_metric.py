@@ -1,0 +1,186 @@
+"""Euclidean metrics: the kinetic energy `½ pᵀ M⁻¹ p` of Hamiltonian Monte Carlo.
+
+Metrics work on *flat* momentum vectors; the samplers ravel the (PyTree) position
+`phi` once and keep momentum flat.
+"""
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
+
+
+class AbstractMetric(eqx.Module):
+    """A Euclidean metric: the inverse mass matrix `M⁻¹` of the kinetic energy
+    `K(p) = ½ pᵀ M⁻¹ p`, with momentum `p ~ N(0, M)`.
+
+    Subclasses implement `sample_momentum` and `velocity`; the kinetic energy and the
+    generalised U-turn test follow from them. Hold the matrix as an array field so
+    that new values (after adaptation, say) never cause recompilation.
+    """
+
+    @abc.abstractmethod
+    def sample_momentum(
+        self, key: PRNGKeyArray, like: Float[Array, " n"]
+    ) -> Float[Array, " n"]:
+        """Draw `p ~ N(0, M)`.
+
+        **Arguments:**
+
+        - `key`: a JAX PRNG key.
+        - `like`: the flat position; gives the size and dtype of the draw.
+
+        **Returns:**
+
+        A flat momentum vector.
+        """
+
+    @abc.abstractmethod
+    def velocity(self, momentum: Float[Array, " n"]) -> Float[Array, " n"]:
+        """`M⁻¹ p`, the time derivative of the position."""
+
+    def kinetic_energy(self, momentum: Float[Array, " n"]) -> Float[Array, ""]:
+        """`½ pᵀ M⁻¹ p`."""
+        return 0.5 * jnp.dot(momentum, self.velocity(momentum))
+
+    def is_turning(
+        self,
+        velocity_left: Float[Array, " n"],
+        velocity_right: Float[Array, " n"],
+        momentum_sum: Float[Array, " n"],
+    ) -> Bool[Array, ""]:
+        """The generalised U-turn criterion (Betancourt 2013).
+
+        A trajectory segment with end velocities `M⁻¹p⁻`, `M⁻¹p⁺` and summed momentum
+        `ρ` (over every point of the segment, ends included) is turning when
+        `(M⁻¹p⁻)·ρ <= 0` or `(M⁻¹p⁺)·ρ <= 0`. The test is symmetric in the two ends.
+        """
+        return (jnp.dot(velocity_left, momentum_sum) <= 0) | (
+            jnp.dot(velocity_right, momentum_sum) <= 0
+        )
+
+    @abc.abstractmethod
+    def check_size(self, size: int) -> None:
+        """Raise `ValueError` (at trace time) if the metric cannot act on a flat
+        position of `size` coordinates."""
+
+
+def _as_float(x: ArrayLike) -> Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+class DiagonalMetric(AbstractMetric):
+    """A diagonal (or scalar) inverse mass matrix.
+
+    `inverse_mass_matrix` is a vector with one entry per flat position coordinate, or
+    a scalar applied to every coordinate.
+    """
+
+    inverse_mass_matrix: Float[Array, "*n"] = eqx.field(converter=_as_float)
+
+    def __check_init__(self):
+        if self.inverse_mass_matrix.ndim > 1:
+            raise ValueError(
+                "`DiagonalMetric` takes a scalar or a vector of inverse masses; got "
+                f"an array of shape {self.inverse_mass_matrix.shape}. Use "
+                "`DenseMetric` for a full matrix."
+            )
+
+    def sample_momentum(self, key, like):
+        z = jr.normal(key, like.shape, like.dtype)
+        return z / jnp.sqrt(self.inverse_mass_matrix).astype(like.dtype)
+
+    def velocity(self, momentum):
+        return self.inverse_mass_matrix.astype(momentum.dtype) * momentum
+
+    def check_size(self, size):
+        if self.inverse_mass_matrix.ndim == 1 and self.inverse_mass_matrix.shape != (
+            size,
+        ):
+            raise ValueError(
+                "The inverse mass matrix has "
+                f"{self.inverse_mass_matrix.shape[0]} entries but the position "
+                f"has {size} coordinates once flattened. Pass one inverse mass per "
+                "coordinate, or a scalar."
+            )
+
+
+DiagonalMetric.__init__.__doc__ = """**Arguments:**
+
+- `inverse_mass_matrix`: a positive scalar, or a positive vector with one entry per
+    coordinate of the flattened position. Estimates of the posterior variances are
+    the usual choice.
+"""
+
+
+class DenseMetric(AbstractMetric):
+    """A dense inverse mass matrix `M⁻¹` (symmetric positive definite).
+
+    Momentum draws use the Cholesky factor `M⁻¹ = L Lᵀ`: `p = L⁻ᵀ z` has covariance
+    `L⁻ᵀ L⁻¹ = M`.
+    """
+
+    inverse_mass_matrix: Float[Array, "n n"] = eqx.field(converter=_as_float)
+
+    def __check_init__(self):
+        shape = self.inverse_mass_matrix.shape
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"`DenseMetric` takes a square matrix; got shape {shape}.")
+
+    def sample_momentum(self, key, like):
+        z = jr.normal(key, like.shape, like.dtype)
+        lower = jnp.linalg.cholesky(self.inverse_mass_matrix.astype(like.dtype))
+        return jsl.solve_triangular(lower, z, lower=True, trans="T")
+
+    def velocity(self, momentum):
+        return self.inverse_mass_matrix.astype(momentum.dtype) @ momentum
+
+    def check_size(self, size):
+        if self.inverse_mass_matrix.shape[0] != size:
+            raise ValueError(
+                "The inverse mass matrix is "
+                f"{self.inverse_mass_matrix.shape[0]}×"
+                f"{self.inverse_mass_matrix.shape[0]} but the position has {size} "
+                "coordinates once flattened."
+            )
+
+
+DenseMetric.__init__.__doc__ = """**Arguments:**
+
+- `inverse_mass_matrix`: a symmetric positive definite `n × n` matrix, `n` the
+    number of coordinates of the flattened position; an estimate of the posterior
+    covariance is the usual choice.
+"""
+
+
+def metric_from_inverse_mass_matrix(
+    inverse_mass_matrix: AbstractMetric | ArrayLike,
+) -> AbstractMetric:
+    """The metric for an inverse mass matrix given as a scalar, a vector (diagonal)
+    or a matrix (dense); an [`lapsample.AbstractMetric`][] is returned unchanged.
+
+    **Arguments:**
+
+    - `inverse_mass_matrix`: a scalar, vector or square matrix, or a metric.
+
+    **Returns:**
+
+    An [`lapsample.AbstractMetric`][].
+    """
+    if isinstance(inverse_mass_matrix, AbstractMetric):
+        return inverse_mass_matrix
+    array = jnp.asarray(inverse_mass_matrix)
+    if array.ndim <= 1:
+        return DiagonalMetric(array)
+    if array.ndim == 2:
+        return DenseMetric(array)
+    raise ValueError(
+        "`inverse_mass_matrix` must be a scalar, a vector (diagonal) or a square "
+        f"matrix (dense); got an array of shape {array.shape}."
+    )

@@ -296,8 +296,9 @@ class RandomLength(AbstractNumStepsTrajectory):
     uniformly from `{min_num_steps, …, max_num_steps}`.
 
     Randomising the length avoids the near-periodic trajectories that make a fixed
-    length mix badly for some targets (Neal 2011, §5.4.2.2); it does not adapt the
-    length to the target (use [`lapsample.NoUTurn`][] for that). The seed's
+    length mix badly for some targets (Neal 2011, "MCMC using Hamiltonian
+    dynamics"); it does not adapt the length to the target (use
+    [`lapsample.NoUTurn`][] for that). The seed's
     `laplace_dhmc(..., num_integration_steps=L)` uses `RandomLength(2 * L - 1)`,
     whose mean is `L`.
     """

@@ -232,6 +232,9 @@ class _OwnedCholesky(lx.AbstractLinearSolver):
 
 
 class LineaxFactor(AbstractFactor):
+    """The factor of [`lapsample.LineaxHessian`][]: the materialised Hessian as a
+    `lineax.MatrixLinearOperator` and its [`lapsample.CholeskyFactor`][]."""
+
     operator: lx.MatrixLinearOperator
     state: CholeskyFactor
 
@@ -301,6 +304,10 @@ Nothing.
 
 
 class DiagonalFactor(AbstractFactor):
+    """The factor of [`lapsample.DiagonalHessian`][]: the diagonal of the Hessian
+    (replaced by ones where it is not positive, so downstream arithmetic stays
+    finite)."""
+
     diagonal: Float[Array, " d"]
     positive_definite: Bool[Array, ""]
 

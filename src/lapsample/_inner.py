@@ -254,7 +254,7 @@ def _tolerances(solver, dtype):
 
 
 class BFGS(_AbstractOptxSolver):
-    """[`optimistix.BFGS`][] as the inner solver, then one Hessian and one
+    """`optimistix.BFGS` as the inner solver, then one Hessian and one
     factorisation at its answer.
 
     Quasi-Newton solvers need no Hessian while iterating, but on stiff latent models
@@ -279,7 +279,7 @@ BFGS.__init__.__doc__ = """**Arguments:**
 
 
 class LBFGS(_AbstractOptxSolver):
-    """[`optimistix.LBFGS`][] as the inner solver, then one Hessian and one
+    """`optimistix.LBFGS` as the inner solver, then one Hessian and one
     factorisation at its answer."""
 
     rtol: float | None = None

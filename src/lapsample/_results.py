@@ -4,7 +4,7 @@ import optimistix as optx
 class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     """Outcome codes of lapsample's numerical pieces.
 
-    Extends [`optimistix.RESULTS`][] (and through it `lineax.RESULTS`), so codes from
+    Extends `optimistix.RESULTS` (and through it `lineax.RESULTS`), so codes from
     Optimistix solvers are promoted with `RESULTS.promote(...)` and compared directly.
     A code other than `RESULTS.successful` inside a sampler is a rejected, counted
     transition, never an exception.

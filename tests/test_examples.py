@@ -1,0 +1,55 @@
+"""Every file in `examples/` runs, in its fast mode, so that the examples (and the
+documentation pages that include them) cannot rot.
+
+An example that defines a `--quick` flag is run with it; one that defines
+`--figure` writes its figure to a temporary folder rather than over the figure the
+documentation includes. Each runs in its own process, as a user would run it.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+TIMEOUT_S = 600
+
+
+def _example_files() -> list[pathlib.Path]:
+    return sorted(EXAMPLES.glob("*.py"))
+
+
+def test_examples_exist():
+    names = {p.name for p in _example_files()}
+    expected = {"quickstart.py", "custom_hessian_strategy.py", "custom_proposal.py"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", _example_files(), ids=lambda p: p.name)
+def test_example_runs(path: pathlib.Path, tmp_path: pathlib.Path):
+    source = path.read_text()
+    command = [sys.executable, str(path)]
+    if '"--quick"' in source:
+        command.append("--quick")
+    figure = tmp_path / f"{path.stem}.png"
+    if '"--figure"' in source:
+        command += ["--figure", str(figure)]
+    proc = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=dict(os.environ, MPLBACKEND="Agg"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, (
+        f"`{' '.join(command)}` exited with {proc.returncode}.\n"
+        f"--- stdout ---\n{proc.stdout[-4000:]}\n"
+        f"--- stderr ---\n{proc.stderr[-4000:]}"
+    )
+    assert proc.stdout.strip(), f"{path.name} printed nothing"
+    if '"--figure"' in source:
+        assert figure.stat().st_size > 0

@@ -91,10 +91,13 @@ def test_random_gaussian_models_match_closed_form(case):
     assert jax.tree_util.tree_structure(aux.theta_star) == jax.tree_util.tree_structure(
         theta_init
     )
-    scale = 1 + abs(float(value_exact))
-    assert abs(float(value - value_exact)) <= 1e-11 * scale
+    # Rounding error in a solve grows like cond(H)·eps, and these models span six
+    # decades of scale (cond(H) up to ~1e9), so the tolerance follows that
+    # bound with a factor 100 of headroom, and 1e-10 for well-conditioned cases.
+    s2 = float(jnp.exp(2 * log_scale))
+    hess = np.linalg.inv(s2 * np.asarray(sigma0)) + design.T @ design / noise**2
+    tol = 1e-10 + 100 * np.finfo(np.float64).eps * np.linalg.cond(np.asarray(hess))
+    assert abs(float(value - value_exact)) <= tol * (1 + abs(float(value_exact)))
     for k in phi:
         g, ge = float(grad[k]), float(grad_exact[k])
-        # Rounding grows with the conditioning of H (scales span six decades);
-        # the largest error seen over these examples was 2e-11.
-        assert abs(g - ge) <= 1e-9 * (abs(ge) + 1)
+        assert abs(g - ge) <= tol * (abs(ge) + 1)

@@ -11,6 +11,7 @@ from ._api import (
     laplace_nuts as laplace_nuts,
     run_inference_algorithm as run_inference_algorithm,
 )
+from ._checkpoint import CheckpointError as CheckpointError
 from ._hessian import (
     AbstractFactor as AbstractFactor,
     AbstractHessianStrategy as AbstractHessianStrategy,
@@ -57,6 +58,8 @@ from ._proposal import (
     ProposalState as ProposalState,
 )
 from ._results import RESULTS as RESULTS
+from ._results_object import SampleResults as SampleResults
+from ._run import resume as resume, sample as sample
 from ._sampler import (
     Sampler as Sampler,
     SamplerInfo as SamplerInfo,

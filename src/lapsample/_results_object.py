@@ -1,0 +1,275 @@
+"""The output of `lapsample.sample`: draws, sample statistics, tuned settings, and
+conversion to ArviZ."""
+
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import PyTree
+
+from ._sampler import Sampler, SamplerState
+
+
+# The R-hat above which `summary` warns (Vehtari et al. 2021).
+RHAT_THRESHOLD = 1.01
+
+_SCHEMA_ORDER = (
+    "lp",
+    "acceptance_rate",
+    "diverging",
+    "energy",
+    "step_size",
+    "n_steps",
+    "tree_depth",
+    "reached_max_treedepth",
+    "inner_steps",
+    "inner_failed",
+)
+
+
+def import_arviz(what: str):
+    """ArviZ, imported lazily, without its import-time FutureWarning."""
+    try:
+        with warnings.catch_warnings():
+            # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            import arviz
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"`{what}` needs ArviZ, which is not installed. Install it with "
+            '`pip install "lapsample[arviz]"`.'
+        ) from e
+    return arviz
+
+
+def _key_name(key) -> str:
+    if isinstance(key, jtu.DictKey):
+        return str(key.key)
+    if isinstance(key, jtu.GetAttrKey):
+        return key.name
+    if isinstance(key, jtu.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jtu.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)  # pragma: no cover - other key types
+
+
+def variable_names(tree: PyTree, base: str) -> list[tuple[str, Any]]:
+    """`(name, leaf)` pairs naming the leaves of `tree`: a bare array is `base`; a
+    dict (or Module, namedtuple) gives its keys; nested levels are joined with
+    `.`; a top-level list or tuple gives `base.0`, `base.1`, ..."""
+    pairs = jtu.tree_flatten_with_path(tree)[0]
+    out = []
+    for path, leaf in pairs:
+        parts = [_key_name(k) for k in path]
+        if not parts or isinstance(path[0], jtu.SequenceKey | jtu.FlattenedIndexKey):
+            parts.insert(0, base)
+        out.append((".".join(parts), leaf))
+    return out
+
+
+class SampleResults(eqx.Module):
+    """The draws and diagnostics of [`lapsample.sample`][].
+
+    Every array has leading axes `(chains, draws)`.
+
+    - `phi`: the draws of the hyperparameters, a PyTree like the initial position.
+    - `theta_star`: the latent mode `theta*(phi)` at every draw (`None` for a
+      marginal without a latent).
+    - `theta`: draws of the latent from the Laplace approximation
+      `N(theta*, H⁻¹)`, one per draw of `phi`, when `sample_theta=True` (else
+      `None`). A draw is NaN where `H` was not positive definite.
+    - `sample_stats`: a dict of per-draw statistics with ArviZ's names: `lp` (the
+      marginal log density), `acceptance_rate`, `diverging`, `energy`,
+      `step_size`, `n_steps` (integrator steps), `tree_depth`,
+      `reached_max_treedepth`, `inner_steps` (the most inner-solver iterations of
+      an evaluation in the transition) and `inner_failed` (the number of failed
+      inner solves in the transition).
+    - `warmup_phi`, `warmup_sample_stats`: the same for warm-up, when
+      `save_warmup=True` (else `None`).
+    - `step_size`: the adapted step size of each chain, shape `(chains,)`.
+    - `inverse_mass_matrix`: the adapted inverse mass matrix of each chain, shape
+      `(chains, n)` (diagonal) or `(chains, n, n)` (dense), over the flattened
+      `phi`; `None` if the sampler's own (non-array) metric was kept.
+    - `final_state`: the [`lapsample.SamplerState`][] of every chain after the
+      last draw (leading axis `chains`), to continue sampling.
+    - `num_warmup`: the number of warm-up iterations.
+    - `num_warmup_divergences`: divergent warm-up transitions per chain.
+    - `sampler`: the [`lapsample.Sampler`][] that was run (before tuning).
+
+    `to_arviz()` gives an `arviz.InferenceData`, `summary()` a table with R-hat and
+    ESS, `print_summary()` prints it with the diagnostics.
+    """
+
+    phi: PyTree[np.ndarray]
+    theta_star: PyTree[np.ndarray] | None
+    theta: PyTree[np.ndarray] | None
+    sample_stats: dict[str, np.ndarray]
+    warmup_phi: PyTree[np.ndarray] | None
+    warmup_sample_stats: dict[str, np.ndarray] | None
+    step_size: np.ndarray
+    inverse_mass_matrix: np.ndarray | None
+    final_state: SamplerState
+    num_warmup: int = eqx.field(static=True)
+    num_warmup_divergences: np.ndarray
+    sampler: Sampler
+
+    @property
+    def num_chains(self) -> int:
+        return int(self.sample_stats["lp"].shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.sample_stats["lp"].shape[1])
+
+    @property
+    def num_divergences(self) -> np.ndarray:
+        """Divergent transitions after warm-up, per chain."""
+        return self.sample_stats["diverging"].sum(axis=1)
+
+    @property
+    def num_inner_failures(self) -> np.ndarray:
+        """Transitions after warm-up with at least one failed inner solve, per
+        chain."""
+        return (self.sample_stats["inner_failed"] > 0).sum(axis=1)
+
+    def __repr__(self) -> str:
+        shapes = jtu.tree_map(lambda x: tuple(np.shape(x)[2:]), self.phi)
+        return (
+            f"SampleResults(chains={self.num_chains}, draws={self.num_samples}, "
+            f"warmup={self.num_warmup}, phi shapes={shapes}, "
+            f"divergences={int(self.num_divergences.sum())}, "
+            f"sample_theta={self.theta is not None})"
+        )
+
+    def _posterior_dict(self, phi, theta) -> dict[str, np.ndarray]:
+        out = {}
+        for name, leaf in variable_names(phi, "phi"):
+            out[name] = np.asarray(leaf)
+        if theta is not None:
+            for name, leaf in variable_names(theta, "theta"):
+                if name in out:
+                    name = f"theta.{name}"
+                out[name] = np.asarray(leaf)
+        return out
+
+    def to_arviz(self):
+        """The draws as an `arviz.InferenceData`.
+
+        - `posterior`: `phi`, named from its PyTree (a bare array is `phi`, a dict
+          gives its keys, nested levels are joined with `.`), and the draws of
+          `theta` when they were requested (a bare array is `theta`; names that
+          clash with `phi`'s get a `theta.` prefix).
+        - `sample_stats`: `lp`, `acceptance_rate`, `diverging`, `energy`,
+          `step_size`, `n_steps`, `tree_depth`, `reached_max_treedepth`,
+          `inner_steps`, `inner_failed`.
+        - `warmup_posterior`, `warmup_sample_stats` when `save_warmup=True`.
+
+        **Returns:**
+
+        An `arviz.InferenceData`.
+
+        !!! info
+
+            Needs ArviZ: `pip install "lapsample[arviz]"`.
+        """
+        az = import_arviz("SampleResults.to_arviz")
+        kwargs = {}
+        if self.warmup_phi is not None:
+            kwargs = dict(
+                warmup_posterior=self._posterior_dict(self.warmup_phi, None),
+                warmup_sample_stats=dict(self.warmup_sample_stats or {}),
+                save_warmup=True,
+            )
+        return az.from_dict(
+            posterior=self._posterior_dict(self.phi, self.theta),
+            sample_stats={k: self.sample_stats[k] for k in _SCHEMA_ORDER},
+            **kwargs,
+        )
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Counts that should be zero after a healthy run, per chain: divergent
+        transitions, transitions with a failed inner solve, transitions that hit
+        the maximum tree depth, and divergent warm-up transitions."""
+        return {
+            "divergences": self.num_divergences,
+            "inner_failures": self.num_inner_failures,
+            "max_treedepth_hits": self.sample_stats["reached_max_treedepth"].sum(
+                axis=1
+            ),
+            "warmup_divergences": np.asarray(self.num_warmup_divergences),
+        }
+
+    def summary(self, var_names=None, hdi_prob: float = 0.94, **kwargs):
+        """Posterior summary by ArviZ (`arviz.summary`): mean, sd, HDI, MCSE, bulk
+        and tail ESS and R-hat of every variable of the posterior.
+
+        Warns (`UserWarning`) when there were divergent transitions after
+        warm-up, failed inner solves, or any R-hat above 1.01; the counts are also
+        in `df.attrs["diagnostics"]` (see `diagnostics()`).
+
+        **Arguments:**
+
+        - `var_names`: the variables to summarise (default: all).
+        - `hdi_prob`: the probability of the highest-density interval.
+        - `**kwargs`: passed to `arviz.summary`.
+
+        **Returns:**
+
+        A `pandas.DataFrame`, one row per scalar component.
+        """
+        az = import_arviz("SampleResults.summary")
+        idata = self.to_arviz()
+        df = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, **kwargs)
+        diagnostics = self.diagnostics()
+        df.attrs["diagnostics"] = diagnostics
+        problems = []
+        divergences = diagnostics["divergences"]
+        if divergences.sum() > 0:
+            problems.append(
+                f"{int(divergences.sum())} divergent transitions after warm-up "
+                f"(per chain: {divergences.tolist()}). The draws may be biased: "
+                "raise `target_accept` (e.g. 0.95) or reparameterise the model."
+            )
+        failures = diagnostics["inner_failures"]
+        if failures.sum() > 0:
+            problems.append(
+                f"{int(failures.sum())} transitions with a failed inner solve "
+                f"(per chain: {failures.tolist()}); they count as divergent. Check "
+                "that the log joint is concave in theta there, or give the inner "
+                "solver more steps."
+            )
+        if "r_hat" in df.columns:
+            rhat = df["r_hat"].to_numpy(dtype=float)
+            bad = [
+                f"{name} ({value:.3f})"
+                for name, value in zip(df.index, rhat)
+                if np.isfinite(value) and value > RHAT_THRESHOLD
+            ]
+            if bad:
+                problems.append(
+                    f"R-hat above {RHAT_THRESHOLD} for {', '.join(bad)}: the chains "
+                    "have not mixed; run longer or check the model."
+                )
+        if problems:
+            warnings.warn("\n".join(problems), UserWarning, stacklevel=2)
+        return df
+
+    def print_summary(self, **kwargs) -> None:
+        """Print `summary(**kwargs)` followed by the diagnostic counts."""
+        df = self.summary(**kwargs)
+        print(df.to_string())
+        diagnostics = df.attrs["diagnostics"]
+        print(
+            "divergences: "
+            f"{int(diagnostics['divergences'].sum())} "
+            f"(per chain {diagnostics['divergences'].tolist()}); "
+            "failed inner solves: "
+            f"{int(diagnostics['inner_failures'].sum())}; "
+            "max tree depth hits: "
+            f"{int(diagnostics['max_treedepth_hits'].sum())}; "
+            "step size per chain: "
+            + ", ".join(f"{s:.3g}" for s in np.asarray(self.step_size).tolist())
+        )

@@ -158,3 +158,44 @@ def eight_schools_log_joint() -> EightSchoolsLogJoint:
     return EightSchoolsLogJoint(
         jnp.asarray(data["y"], float), jnp.asarray(data["sigma"], float)
     )
+
+
+# Reference checks (posteriordb README, section 2): |z| < Z_MAX per statistic, after
+# requiring ESS >= 400 and R-hat < 1.01.
+Z_MAX = 4.0
+
+
+def mcse(draws, method, **kwargs):
+    az = import_arviz()
+    return float(az.mcse(np.asarray(draws), method=method, **kwargs))
+
+
+def check_mixing(draws, name):
+    az = import_arviz()
+    draws = np.asarray(draws)
+    ess = float(az.ess(draws))
+    rhat = float(az.rhat(draws))
+    assert ess >= 400, f"{name}: ESS {ess:.0f} < 400, MCSEs would be unreliable"
+    assert rhat < 1.01, f"{name}: R-hat {rhat:.4f} >= 1.01"
+
+
+def eight_schools_z_scores(phi, theta, summary) -> dict[str, float]:
+    """z-scores of mean, sd, q05 and q95 of mu, log tau and each theta against the
+    posteriordb reference, for draws shaped (chains, draws, ...)."""
+    params = {"mu": phi[..., 0], "log_tau": phi[..., 1]}
+    params.update({f"theta[{j + 1}]": theta[..., j] for j in range(8)})
+    zs = {}
+    for name, draws in params.items():
+        check_mixing(draws, name)
+        ref = summary[name]
+        estimates = {
+            "mean": (draws.mean(), mcse(draws, "mean")),
+            "sd": (draws.std(ddof=1), mcse(draws, "sd")),
+            "q05": (np.quantile(draws, 0.05), mcse(draws, "quantile", prob=0.05)),
+            "q95": (np.quantile(draws, 0.95), mcse(draws, "quantile", prob=0.95)),
+        }
+        for stat, (value, se) in estimates.items():
+            zs[f"{name}.{stat}"] = (value - ref[stat]) / np.hypot(
+                se, ref[f"mcse_{stat}"]
+            )
+    return zs

@@ -20,23 +20,25 @@ import pytest
 import lapsample as ls
 
 from ._sampler_helpers import (
+    check_mixing,
     CORRELATED_COV,
     correlated_gaussian,
     CORRELATED_MEAN,
     eight_schools_json,
     eight_schools_log_joint,
-    import_arviz,
+    eight_schools_z_scores,
+    mcse,
     seed_data,
     seed_exact_moments,
     SEED_N,
     SeedLogJoint,
+    Z_MAX,
 )
 
 
 pytestmark = pytest.mark.slow
 
 NUM_CHAINS = 4
-Z_MAX = 4.0
 
 
 def _run_chains(sampler, key, initial_positions, num_steps):
@@ -51,23 +53,9 @@ def _run_chains(sampler, key, initial_positions, num_steps):
     return states, infos
 
 
-def _mcse(draws, method, **kwargs):
-    az = import_arviz()
-    return float(az.mcse(np.asarray(draws), method=method, **kwargs))
-
-
-def _check_mixing(draws, name):
-    az = import_arviz()
-    draws = np.asarray(draws)
-    ess = float(az.ess(draws))
-    rhat = float(az.rhat(draws))
-    assert ess >= 400, f"{name}: ESS {ess:.0f} < 400, MCSEs would be unreliable"
-    assert rhat < 1.01, f"{name}: R-hat {rhat:.4f} >= 1.01"
-
-
 def _z_mean_of(values, truth):
     """z-score of the chain average of `values` against its expectation `truth`."""
-    return (float(np.mean(values)) - truth) / _mcse(values, "mean")
+    return (float(np.mean(values)) - truth) / mcse(values, "mean")
 
 
 # --------------------------------------------------------------------------------
@@ -98,7 +86,7 @@ def test_seed_model_log_sigma_moments(name):
     states, infos = _run_chains(sampler, jr.key(11), starts, 3_000)
     draws = np.asarray(states.position)[:, 200:]  # (chains, draws); drop warm-up
     assert int(infos.is_divergent.sum()) == 0
-    _check_mixing(draws, name)
+    check_mixing(draws, name)
     # Mean: z of the average. Variance: the average of (x - mean)² with the exact
     # mean has expectation exactly `var`, and its own MCSE (through its own ESS).
     z_mean = _z_mean_of(draws, mean)
@@ -142,7 +130,7 @@ def test_nuts_correlated_gaussian_moments(inverse_mass_matrix):
         "cov": (centred[..., 0] * centred[..., 1], CORRELATED_COV[0, 1]),
     }
     for name, (values, truth) in checks.items():
-        _check_mixing(values, name)
+        check_mixing(values, name)
         z = _z_mean_of(values, truth)
         assert abs(z) < Z_MAX, (name, z, values.mean(), truth)
 
@@ -183,22 +171,7 @@ def test_eight_schools_laplace_nuts():
     phi = np.asarray(phi)
     assert np.all(np.isfinite(theta))
 
-    params = {"mu": phi[..., 0], "log_tau": phi[..., 1]}
-    params.update({f"theta[{j + 1}]": theta[..., j] for j in range(8)})
-    zs = {}
-    for name, draws in params.items():
-        _check_mixing(draws, name)
-        ref = summary[name]
-        estimates = {
-            "mean": (draws.mean(), _mcse(draws, "mean")),
-            "sd": (draws.std(ddof=1), _mcse(draws, "sd")),
-            "q05": (np.quantile(draws, 0.05), _mcse(draws, "quantile", prob=0.05)),
-            "q95": (np.quantile(draws, 0.95), _mcse(draws, "quantile", prob=0.95)),
-        }
-        for stat, (value, mcse) in estimates.items():
-            zs[f"{name}.{stat}"] = (value - ref[stat]) / np.hypot(
-                mcse, ref[f"mcse_{stat}"]
-            )
+    zs = eight_schools_z_scores(phi, theta, summary)
     worst = max(zs, key=lambda k: abs(zs[k]))
     assert len(zs) == 40
     assert abs(zs[worst]) < Z_MAX, (worst, zs[worst], zs)

@@ -18,29 +18,18 @@ import pytest
 import lapsample as ls
 
 from ._sampler_helpers import (
+    check_mixing,
     eight_schools_json,
     eight_schools_log_joint,
-    import_arviz,
+    eight_schools_z_scores,
+    mcse,
     seed_exact_moments,
+    Z_MAX,
 )
 from .helpers import seed_model
 
 
 pytestmark = pytest.mark.slow
-
-Z_MAX = 4.0
-
-
-def _mcse(draws, method, **kwargs):
-    return float(import_arviz().mcse(np.asarray(draws), method=method, **kwargs))
-
-
-def _check_mixing(draws, name):
-    az = import_arviz()
-    ess = float(az.ess(np.asarray(draws)))
-    rhat = float(az.rhat(np.asarray(draws)))
-    assert ess >= 400, f"{name}: ESS {ess:.0f} < 400, MCSEs would be unreliable"
-    assert rhat < 1.01, f"{name}: R-hat {rhat:.4f} >= 1.01"
 
 
 def test_seed_model_n300_with_defaults():
@@ -71,10 +60,10 @@ def test_seed_model_n300_with_defaults():
     assert int(stats["diverging"].sum()) == 0
     assert int(stats["inner_failed"].sum()) == 0
     draws = results.phi
-    _check_mixing(draws, "log_sigma")
+    check_mixing(draws, "log_sigma")
     mean, var = seed_exact_moments(np.asarray(model.y))
-    z_mean = (draws.mean() - mean) / _mcse(draws, "mean")
-    z_var = (((draws - mean) ** 2).mean() - var) / _mcse((draws - mean) ** 2, "mean")
+    z_mean = (draws.mean() - mean) / mcse(draws, "mean")
+    z_var = (((draws - mean) ** 2).mean() - var) / mcse((draws - mean) ** 2, "mean")
     assert abs(z_mean) < Z_MAX, (z_mean, draws.mean(), mean)
     assert abs(z_var) < Z_MAX, (z_var, draws.var(), var)
     # The summary agrees and stays quiet (warnings are errors in the test suite).
@@ -102,22 +91,7 @@ def test_eight_schools_with_defaults():
     phi = np.asarray(results.phi)
     theta = np.asarray(results.theta)
     assert np.all(np.isfinite(theta))
-    params = {"mu": phi[..., 0], "log_tau": phi[..., 1]}
-    params.update({f"theta[{j + 1}]": theta[..., j] for j in range(8)})
-    zs = {}
-    for name, draws in params.items():
-        _check_mixing(draws, name)
-        ref = summary[name]
-        estimates = {
-            "mean": (draws.mean(), _mcse(draws, "mean")),
-            "sd": (draws.std(ddof=1), _mcse(draws, "sd")),
-            "q05": (np.quantile(draws, 0.05), _mcse(draws, "quantile", prob=0.05)),
-            "q95": (np.quantile(draws, 0.95), _mcse(draws, "quantile", prob=0.95)),
-        }
-        for stat, (value, mcse) in estimates.items():
-            zs[f"{name}.{stat}"] = (value - ref[stat]) / np.hypot(
-                mcse, ref[f"mcse_{stat}"]
-            )
+    zs = eight_schools_z_scores(phi, theta, summary)
     worst = max(zs, key=lambda k: abs(zs[k]))
     assert len(zs) == 40
     assert abs(zs[worst]) < Z_MAX, (worst, zs[worst], zs)

@@ -360,7 +360,8 @@ def test_float32_newton_converges():
             + jstats.norm.logpdf(y32, theta, 1.0).sum()
         )
 
-    marginal = ls.LaplaceMarginal(log_joint, jnp.zeros(20, jnp.float32))
+    with pytest.warns(UserWarning, match="float32"):
+        marginal = ls.LaplaceMarginal(log_joint, jnp.zeros(20, jnp.float32))
     (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(
         jnp.array(0.3, jnp.float32)
     )

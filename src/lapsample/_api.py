@@ -356,6 +356,11 @@ def run_inference_algorithm(
         )
     if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
         raise TypeError(f"`num_steps` must be a Python int, got {num_steps!r}.")
+    if num_steps < 1:
+        raise ValueError(
+            f"`num_steps` must be at least 1, got {num_steps}: it is the number of "
+            "transitions (draws) to run."
+        )
     if initial_state is None:
         # Jitted on its own (per marginal), so samplers that share a marginal share
         # this compilation.

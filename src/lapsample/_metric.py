@@ -10,7 +10,10 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
+
+from ._misc import concrete_value
 
 
 class AbstractMetric(eqx.Module):
@@ -91,6 +94,15 @@ class DiagonalMetric(AbstractMetric):
                 f"an array of shape {self.inverse_mass_matrix.shape}. Use "
                 "`DenseMetric` for a full matrix."
             )
+        values = concrete_value(self.inverse_mass_matrix)
+        if values is not None and not np.all(np.isfinite(values) & (values > 0)):
+            bad = np.argwhere(~(np.isfinite(values) & (values > 0))).ravel().tolist()
+            raise ValueError(
+                "The inverse mass matrix must be positive and finite; "
+                + (f"entries {bad[:5]} are not" if values.ndim else f"got {values}")
+                + ". Use estimates of the posterior variances of phi, or 1.0 (and "
+                "let `lapsample.sample` adapt it)."
+            )
 
     def sample_momentum(self, key, like):
         z = jr.normal(key, like.shape, like.dtype)
@@ -132,6 +144,24 @@ class DenseMetric(AbstractMetric):
         shape = self.inverse_mass_matrix.shape
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"`DenseMetric` takes a square matrix; got shape {shape}.")
+        values = concrete_value(self.inverse_mass_matrix)
+        if values is None:
+            return
+        positive_definite = np.all(np.isfinite(values)) and np.allclose(
+            values, values.T, rtol=1e-6, atol=0.0
+        )
+        if positive_definite:
+            try:
+                np.linalg.cholesky(values)
+            except np.linalg.LinAlgError:
+                positive_definite = False
+        if not positive_definite:
+            raise ValueError(
+                "The dense inverse mass matrix must be finite, symmetric and "
+                "positive definite. Use an estimate of the posterior covariance of "
+                "phi (e.g. `np.cov(draws.T)` plus a small multiple of the "
+                "identity), or a vector of variances for a diagonal metric."
+            )
 
     def sample_momentum(self, key, like):
         z = jr.normal(key, like.shape, like.dtype)
@@ -147,7 +177,8 @@ class DenseMetric(AbstractMetric):
                 "The inverse mass matrix is "
                 f"{self.inverse_mass_matrix.shape[0]}×"
                 f"{self.inverse_mass_matrix.shape[0]} but the position has {size} "
-                "coordinates once flattened."
+                "coordinates once flattened. Pass a matrix over the flattened "
+                "position (`jax.flatten_util.ravel_pytree` gives its order)."
             )
 
 

@@ -1,6 +1,7 @@
 """Small private helpers shared by the modules of lapsample."""
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -94,3 +95,36 @@ def all_finite(tree: PyTree) -> Array:
 
 def stop_gradient_tree(tree: PyTree) -> PyTree:
     return jtu.tree_map(jax.lax.stop_gradient, tree)
+
+
+def concrete_value(x) -> np.ndarray | None:
+    """`x` as a NumPy array, or `None` while it is being traced (values are checked
+    only when they are known)."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+LOW_PRECISION_MESSAGE = (
+    "{name} is {dtype}. Laplace marginals need float64: the Hessians of latent "
+    "models are often ill-conditioned (condition numbers of 1e6 to 1e9 are "
+    "common), and with float32's ~7 significant digits the mode, the "
+    "log-determinant and the implicit gradient can lose most of their digits. "
+    "That shows up as failed inner solves, divergences, or draws that are wrong "
+    "without any sign. Enable float64 with "
+    '`jax.config.update("jax_enable_x64", True)` at the top of the script, before '
+    "creating any array."
+)
+
+
+def warn_if_low_precision(tree: PyTree, name: str, stacklevel: int = 3) -> None:
+    """A `UserWarning` when a floating leaf of `tree` has fewer than 64 bits."""
+    for leaf in jtu.tree_leaves(tree):
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.inexact) and jnp.finfo(dtype).bits < 64:
+            warnings.warn(
+                LOW_PRECISION_MESSAGE.format(name=name, dtype=dtype),
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+            return

@@ -4,12 +4,13 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._integrator import AbstractIntegrator, FlatLogDensity, Leapfrog, PhasePoint
 from ._marginal import AbstractMarginal, MarginalAux
 from ._metric import AbstractMetric, metric_from_inverse_mass_matrix
-from ._misc import TreeRaveller
+from ._misc import concrete_value, TreeRaveller
 from ._proposal import AbstractProposal
 from ._results import RESULTS
 from ._trajectory import AbstractTrajectory, Hamiltonian
@@ -155,6 +156,19 @@ class Sampler(eqx.Module):
             )
         if jnp.ndim(self.divergence_threshold) != 0:
             raise ValueError("`divergence_threshold` must be a scalar.")
+        step_size = concrete_value(self.step_size)
+        if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
+            raise ValueError(
+                f"`step_size` must be positive and finite, got {step_size}. Start "
+                "from e.g. 0.1 (`lapsample.sample` tunes it during warm-up), or "
+                "check the computation that produced it."
+            )
+        threshold = concrete_value(self.divergence_threshold)
+        if threshold is not None and not threshold > 0:
+            raise ValueError(
+                f"`divergence_threshold` must be positive, got {threshold}; the "
+                "default is 1000 (an energy error in nats)."
+            )
         # Validates the shape of the inverse mass matrix.
         metric_from_inverse_mass_matrix(self.inverse_mass_matrix)
 

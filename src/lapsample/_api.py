@@ -18,7 +18,11 @@ from ._marginal import laplace_marginal_factory
 from ._metric import AbstractMetric
 from ._proposal import AbstractProposal, EndpointMH, Multinomial
 from ._sampler import Sampler, SamplerInfo, SamplerState
-from ._trajectory import AbstractTrajectory, Fixed, NoUTurn, RandomLength
+from ._trajectory import _check_int, AbstractTrajectory, Fixed, NoUTurn, RandomLength
+
+
+def _steps(num_integration_steps) -> int:
+    return _check_int("num_integration_steps", num_integration_steps, 1)
 
 
 def _laplace_sampler(
@@ -84,7 +88,7 @@ def laplace_hmc(
 ) -> Sampler:
     return _laplace_sampler(
         EndpointMH(),
-        Fixed(num_integration_steps),
+        Fixed(_steps(num_integration_steps)),
         log_joint,
         theta_init,
         step_size,
@@ -129,7 +133,7 @@ def laplace_mhmc(
 ) -> Sampler:
     return _laplace_sampler(
         Multinomial(),
-        Fixed(num_integration_steps),
+        Fixed(_steps(num_integration_steps)),
         log_joint,
         theta_init,
         step_size,
@@ -175,7 +179,7 @@ def laplace_dhmc(
 ) -> Sampler:
     return _laplace_sampler(
         EndpointMH(),
-        RandomLength(2 * num_integration_steps - 1),
+        RandomLength(2 * _steps(num_integration_steps) - 1),
         log_joint,
         theta_init,
         step_size,
@@ -222,7 +226,7 @@ def laplace_dmhmc(
 ) -> Sampler:
     return _laplace_sampler(
         Multinomial(),
-        RandomLength(2 * num_integration_steps - 1),
+        RandomLength(2 * _steps(num_integration_steps) - 1),
         log_joint,
         theta_init,
         step_size,
@@ -267,7 +271,7 @@ def laplace_nuts(
 ) -> Sampler:
     return _laplace_sampler(
         Multinomial(),
-        NoUTurn(max_tree_depth),
+        NoUTurn(_check_int("max_tree_depth", max_tree_depth, 1)),
         log_joint,
         theta_init,
         step_size,

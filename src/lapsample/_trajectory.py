@@ -264,11 +264,12 @@ class AbstractNumStepsTrajectory(AbstractTrajectory):
         return chosen, info
 
 
-def _check_int(name: str, value, minimum: int) -> None:
+def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"`{name}` must be a Python int, got {value!r}.")
     if value < minimum:
         raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+    return int(value)
 
 
 class Fixed(AbstractNumStepsTrajectory):

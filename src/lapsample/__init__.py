@@ -37,6 +37,14 @@ from ._integrator import (
     McLachlan as McLachlan,
     PhasePoint as PhasePoint,
 )
+from ._latent_gaussian import LatentGaussianMarginal as LatentGaussianMarginal
+from ._likelihoods import (
+    AbstractLikelihood as AbstractLikelihood,
+    BernoulliLogit as BernoulliLogit,
+    Gaussian as Gaussian,
+    NegBinomial2Log as NegBinomial2Log,
+    PoissonLog as PoissonLog,
+)
 from ._marginal import (
     AbstractMarginal as AbstractMarginal,
     laplace_marginal_factory as laplace_marginal_factory,

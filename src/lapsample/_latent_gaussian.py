@@ -1,0 +1,794 @@
+r"""The Laplace marginal of a latent Gaussian model.
+
+    theta ~ N(m(phi), K(phi))   (or precision Q(phi), banded),
+    y_i | theta ~ p(y_i | theta_i, phi)   conditionally independent,
+
+so the negative Hessian of the log joint in `theta` is `K⁻¹ + W` with `W` diagonal.
+
+Covariance form (Rasmussen & Williams, *Gaussian Processes for Machine Learning*,
+§3.4, in our own notation). Newton runs on `a = K⁻¹(theta - m)`, `theta = m + K a`,
+with every solve against `B = I + W½ K W½ = L Lᵀ`, whose eigenvalues lie in
+`[1, 1 + max(W)·‖K‖]`, so `K` is never inverted. With `ℓ` the log-likelihood,
+`ℓ', ℓ'', ℓ'''` its elementwise derivatives and `W = -ℓ''`:
+
+    log q(phi) = ℓ(theta*) - ½ aᵀ(theta* - m) - Σ log diag L  (+ log prior(phi))
+
+Gradient. With `R = W½ B⁻¹ W½ = (K + W⁻¹)⁻¹` and `Σ = (K⁻¹ + W)⁻¹ = K - K R K`:
+
+- explicit terms: `ḡ·(½ aᵀ dK a + aᵀ dm - ½ tr(R dK) + dℓ + ½ diag(Σ)ᵀ dℓ'')`;
+- through the mode: `d theta* = (I + K W)⁻¹ (dm + dK a + K dℓ')` is contracted
+  first with `s = ½ ḡ diag(Σ) ⊙ ℓ''' + θ̄` (the derivative of `-½ log det B` in
+  `theta`, plus any cotangent on `theta*`): `u = (I + W K)⁻¹ s = s - R K s`, adding
+  `uᵀ dm + uᵀ dK a + (K u)ᵀ dℓ'`.
+
+So the cotangent of `K(phi)` is `K̄ = ḡ(½ a aᵀ - ½ R) + u aᵀ` and that of `m(phi)` is
+`ḡ a + u`: they are pulled back through the user's covariance and mean functions by
+one reverse-mode VJP. No Newton iteration is differentiated.
+
+Precision form. `H = Q + W` is banded like `Q`; Newton runs directly on `theta` with a
+banded Cholesky, and
+
+    log q(phi) = ℓ(theta*) - ½ rᵀ Q r + ½ log det Q - ½ log det(Q + W),  r = theta* - m.
+
+Its gradient is `∂_phi[ḡ·log q + uᵀ ∇_theta log q]` at fixed `theta*` with
+`u = (Q + W)⁻¹ s` as above (`diag(Σ)` from reverse-mode AD of the banded
+log-determinant), by one reverse pass through the banded Cholesky and `Q(phi)`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from ._likelihoods import AbstractLikelihood
+from ._marginal import AbstractMarginal, MarginalAux
+from ._misc import default_tolerance
+from ._results import RESULTS
+
+
+# --------------------------------------------------------------------------------
+# Banded symmetric matrices. Storage: lower bands, `band[k, i] = A[i + k, i]` for
+# k = 0..b (entries past the end are ignored). The Cholesky factor is kept by rows:
+# `rows[i, k] = L[i, i - b + k]`, k = 0..b (k = b is the diagonal).
+# --------------------------------------------------------------------------------
+
+
+def _band_to_rows(band: Float[Array, "b1 n"]) -> Float[Array, "n b1"]:
+    """`rows[i, k] = A[i, i - b + k]`, zero where `i - b + k < 0`."""
+    b = band.shape[0] - 1
+    n = band.shape[1]
+    cols = []
+    for k in range(b + 1):
+        sub = b - k  # A[i, i - sub] = band[sub, i - sub]
+        shifted = jnp.concatenate([jnp.zeros(sub, band.dtype), band[sub, : n - sub]])
+        cols.append(shifted)
+    return jnp.stack(cols, axis=1)
+
+
+def band_matvec(band: Float[Array, "b1 n"], x: Float[Array, " n"]) -> Array:
+    """`A x` for a symmetric banded `A` in lower-band storage."""
+    n = x.shape[0]
+    out = band[0] * x
+    for k in range(1, band.shape[0]):
+        lower = band[k, : n - k]
+        out = out.at[k:].add(lower * x[: n - k])
+        out = out.at[: n - k].add(lower * x[k:])
+    return out
+
+
+def band_add_diagonal(band: Float[Array, "b1 n"], diag: Float[Array, " n"]) -> Array:
+    return band.at[0].add(diag)
+
+
+def band_cholesky(band: Float[Array, "b1 n"]) -> Float[Array, "n b1"]:
+    """Lower Cholesky factor of a symmetric positive-definite banded matrix, by rows
+    (NaN where the matrix is not positive definite). One pass over the rows, each a
+    `b × b` triangular solve against the previous `b` rows of the factor."""
+    b = band.shape[0] - 1
+    if b == 0:
+        return jnp.sqrt(band[0])[:, None]
+    rows = _band_to_rows(band)
+    r_idx = jnp.arange(b)[:, None]
+    c_idx = jnp.arange(b)[None, :]
+    gather = jnp.clip(c_idx - r_idx + b, 0, b)
+    below = c_idx <= r_idx
+    # b leading dummy rows of the identity, decoupled from the matrix.
+    init = jnp.zeros((b, b + 1), band.dtype).at[:, b].set(1.0)
+
+    def step(window, row):
+        tri = jnp.where(below, jnp.take_along_axis(window, gather, axis=1), 0.0)
+        x = jsl.solve_triangular(tri, row[:b], lower=True)
+        diag = jnp.sqrt(row[b] - jnp.dot(x, x))
+        new = jnp.concatenate([x, diag[None]])
+        return jnp.concatenate([window[1:], new[None]]), new
+
+    _, factor = jax.lax.scan(step, init, rows)
+    return factor
+
+
+def band_logdet(factor_rows: Float[Array, "n b1"]) -> Array:
+    return 2.0 * jnp.sum(jnp.log(factor_rows[:, -1]))
+
+
+def _band_forward(factor_rows, v):
+    """Solve `L z = v`."""
+    b = factor_rows.shape[1] - 1
+    if b == 0:
+        return v / factor_rows[:, 0]
+
+    def step(prev, inputs):
+        row, vi = inputs
+        zi = (vi - jnp.dot(row[:b], prev)) / row[b]
+        return jnp.concatenate([prev[1:], zi[None]]), zi
+
+    _, z = jax.lax.scan(step, jnp.zeros(b, v.dtype), (factor_rows, v))
+    return z
+
+
+def _band_backward(factor_rows, z):
+    """Solve `Lᵀ x = z`."""
+    b = factor_rows.shape[1] - 1
+    if b == 0:
+        return z / factor_rows[:, 0]
+    n = z.shape[0]
+    # cols[i, t - 1] = L[i + t, i] = rows[i + t, b - t], t = 1..b.
+    padded = jnp.concatenate([factor_rows, jnp.zeros((b, b + 1), z.dtype)])
+    cols = jnp.stack([padded[t : t + n, b - t] for t in range(1, b + 1)], axis=1)
+
+    def step(nxt, inputs):
+        col, diag, zi = inputs
+        xi = (zi - jnp.dot(col, nxt)) / diag
+        return jnp.concatenate([xi[None], nxt[:-1]]), xi
+
+    _, x = jax.lax.scan(
+        step, jnp.zeros(b, z.dtype), (cols, factor_rows[:, b], z), reverse=True
+    )
+    return x
+
+
+def band_solve(factor_rows, v):
+    """`A⁻¹ v` from the banded Cholesky factor of `A`."""
+    return _band_backward(factor_rows, _band_forward(factor_rows, v))
+
+
+# --------------------------------------------------------------------------------
+# The user's functions of phi, as one Module (closure-converted at the call).
+# --------------------------------------------------------------------------------
+
+
+class _PhiFunctions(eqx.Module):
+    """`phi -> (K or Q_band, m, likelihood params)`."""
+
+    prior_matrix: Callable
+    mean: Callable | None
+    likelihood_params: Callable | None
+
+    def __call__(self, phi):
+        mat = jnp.asarray(self.prior_matrix(phi))
+        n = mat.shape[1]
+        if self.mean is None:
+            mean = jnp.zeros(n, mat.dtype)
+        else:
+            mean = jnp.broadcast_to(jnp.asarray(self.mean(phi), mat.dtype), (n,))
+        params = None if self.likelihood_params is None else self.likelihood_params(phi)
+        return mat, mean, params
+
+
+class _Settings(eqx.Module):
+    precision_form: bool = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    max_backtracks: int = eqx.field(static=True)
+    xtol: float = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+
+
+def _max_abs(x):
+    return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+
+
+# --------------------------------------------------------------------------------
+# Newton, covariance form: state (a, theta = m + K a).
+# --------------------------------------------------------------------------------
+
+
+class _CovState(eqx.Module):
+    a: Array
+    theta: Array
+    value: Array  # Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)
+    a_new: Array  # the full Newton step's target
+    theta_new: Array
+    decrement: Array  # ∇Ψᵀ(theta_new - theta)
+    lower: Array  # Cholesky of B at theta
+    ok: Bool[Array, ""]
+    num_steps: Int[Array, ""]
+    done: Bool[Array, ""]
+
+
+def _cov_psi(lik, params, mean, a, theta):
+    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(a, theta - mean)
+
+
+def _b_factor(cov, w):
+    """`L` with `L Lᵀ = I + W½ K W½`, and `W½` (NaN where `W < 0`)."""
+    sqrt_w = jnp.where(w >= 0, jnp.sqrt(jnp.maximum(w, 0.0)), jnp.nan)
+    b = jnp.eye(w.shape[0], dtype=w.dtype) + sqrt_w[:, None] * cov * sqrt_w[None, :]
+    return jnp.linalg.cholesky(b), sqrt_w
+
+
+def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
+    value_terms, d1, d2, _ = lik.derivatives(theta, params)
+    value = jnp.sum(value_terms) - 0.5 * jnp.dot(a, theta - mean)
+    w = -d2
+    lower, sqrt_w = _b_factor(cov, w)
+    # Newton: a_new = b - W½ B⁻¹ W½ K b, b = W (theta - m) + ℓ'.
+    rhs = w * (theta - mean) + d1
+    a_new = rhs - sqrt_w * jsl.cho_solve((lower, True), sqrt_w * (cov @ rhs))
+    theta_new = mean + cov @ a_new
+    decrement = jnp.dot(d1 - a, theta_new - theta)
+    ok = (
+        jnp.isfinite(value)
+        & jnp.all(jnp.isfinite(lower))
+        & jnp.all(jnp.isfinite(a_new))
+        & jnp.isfinite(decrement)
+    )
+    return _CovState(
+        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps, done
+    )
+
+
+def _newton_cov(lik, params, cov, mean, theta_guess, settings: _Settings):
+    dtype = cov.dtype
+    n = cov.shape[0]
+    # Two starts: theta = m (a = 0), and a = ℓ'(theta_guess), which is a* exactly
+    # when theta_guess is the mode at the same phi. Keep the better.
+    a_zero = jnp.zeros(n, dtype)
+    psi_zero = _cov_psi(lik, params, mean, a_zero, mean)
+    if theta_guess is None:
+        a0, theta0 = a_zero, mean
+    else:
+        a_guess = lik.derivatives(theta_guess, params)[1]
+        theta_guess_a = mean + cov @ a_guess
+        psi_guess = _cov_psi(lik, params, mean, a_guess, theta_guess_a)
+        use_guess = jnp.isfinite(psi_guess) & (
+            ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
+        )
+        a0 = jnp.where(use_guess, a_guess, a_zero)
+        theta0 = jnp.where(use_guess, theta_guess_a, mean)
+
+    def acceptable(s):
+        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
+            s.value
+        )
+
+    def negligible(s):
+        return _max_abs(s.theta_new - s.theta) <= settings.xtol * (
+            1 + _max_abs(s.theta)
+        )
+
+    state = _cov_evaluate(
+        lik, params, cov, mean, a0, theta0, jnp.array(0), jnp.array(False)
+    )
+    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
+
+    def cond(s):
+        return ~s.done & (s.num_steps < settings.max_steps)
+
+    def body(s):
+        da = s.a_new - s.a
+        dtheta = s.theta_new - s.theta
+
+        def trial_value(step):
+            return _cov_psi(lik, params, mean, s.a + step * da, s.theta + step * dtheta)
+
+        def armijo(step, trial):
+            return jnp.isfinite(trial) & (trial >= s.value + 1e-4 * step * s.decrement)
+
+        def ls_cond(ls):
+            step, trial, k = ls
+            return ~armijo(step, trial) & (k < settings.max_backtracks)
+
+        def ls_body(ls):
+            step, _, k = ls
+            step = 0.5 * step
+            return step, trial_value(step), k + 1
+
+        one = jnp.ones((), dtype)
+        step, trial, _ = jax.lax.while_loop(
+            ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
+        )
+        accepted = armijo(step, trial)
+        new = _cov_evaluate(
+            lik,
+            params,
+            cov,
+            mean,
+            s.a + step * da,
+            s.theta + step * dtheta,
+            s.num_steps + 1,
+            jnp.array(False),
+        )
+        # Rounding has taken over when a full step stops shrinking the step (and
+        # the decrement is already small: early damped steps also do this).
+        stalled = (step == 1) & (
+            _max_abs(new.theta_new - new.theta) > 0.5 * _max_abs(dtheta)
+        )
+        new = eqx.tree_at(
+            lambda x: x.done,
+            new,
+            ~new.ok | negligible(new) | (stalled & acceptable(new)),
+        )
+        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
+        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
+
+    s = jax.lax.while_loop(cond, body, state)
+    converged = negligible(s) | acceptable(s)
+    result = RESULTS.where(
+        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
+    )
+    result = RESULTS.where(
+        jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
+    )
+    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.lower)))
+    return value, s.a, s.theta, s.lower, result, s.num_steps
+
+
+# --------------------------------------------------------------------------------
+# Newton, precision form: state theta, banded H = Q + W.
+# --------------------------------------------------------------------------------
+
+
+class _PrecState(eqx.Module):
+    theta: Array
+    value: Array  # Ψ(theta) = ℓ(theta) - ½ rᵀ Q r
+    direction: Array
+    decrement: Array
+    factor: Array  # banded Cholesky of Q + W at theta, by rows
+    ok: Bool[Array, ""]
+    num_steps: Int[Array, ""]
+    done: Bool[Array, ""]
+
+
+def _prec_psi(lik, params, band, mean, theta):
+    r = theta - mean
+    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(
+        r, band_matvec(band, r)
+    )
+
+
+def _prec_evaluate(lik, params, band, mean, theta, num_steps):
+    value_terms, d1, d2, _ = lik.derivatives(theta, params)
+    r = theta - mean
+    qr = band_matvec(band, r)
+    value = jnp.sum(value_terms) - 0.5 * jnp.dot(r, qr)
+    grad = d1 - qr
+    factor = band_cholesky(band_add_diagonal(band, -d2))
+    direction = band_solve(factor, grad)
+    decrement = jnp.dot(grad, direction)
+    ok = (
+        jnp.isfinite(value)
+        & jnp.all(jnp.isfinite(factor))
+        & jnp.all(jnp.isfinite(direction))
+    )
+    return _PrecState(
+        theta, value, direction, decrement, factor, ok, num_steps, jnp.array(False)
+    )
+
+
+def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
+    dtype = band.dtype
+    psi_mean = _prec_psi(lik, params, band, mean, mean)
+    if theta_guess is None:
+        theta0 = mean
+    else:
+        psi_guess = _prec_psi(lik, params, band, mean, theta_guess)
+        use_guess = jnp.isfinite(psi_guess) & (
+            ~jnp.isfinite(psi_mean) | (psi_guess >= psi_mean)
+        )
+        theta0 = jnp.where(use_guess, theta_guess, mean)
+
+    def acceptable(s):
+        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
+            s.value
+        )
+
+    def negligible(s):
+        return _max_abs(s.direction) <= settings.xtol * (1 + _max_abs(s.theta))
+
+    state = _prec_evaluate(lik, params, band, mean, theta0, jnp.array(0))
+    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
+
+    def cond(s):
+        return ~s.done & (s.num_steps < settings.max_steps)
+
+    def body(s):
+        def trial_value(step):
+            return _prec_psi(lik, params, band, mean, s.theta + step * s.direction)
+
+        def armijo(step, trial):
+            return jnp.isfinite(trial) & (trial >= s.value + 1e-4 * step * s.decrement)
+
+        def ls_cond(ls):
+            step, trial, k = ls
+            return ~armijo(step, trial) & (k < settings.max_backtracks)
+
+        def ls_body(ls):
+            step, _, k = ls
+            step = 0.5 * step
+            return step, trial_value(step), k + 1
+
+        one = jnp.ones((), dtype)
+        step, trial, _ = jax.lax.while_loop(
+            ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
+        )
+        accepted = armijo(step, trial)
+        new = _prec_evaluate(
+            lik, params, band, mean, s.theta + step * s.direction, s.num_steps + 1
+        )
+        stalled = (step == 1) & (_max_abs(new.direction) > 0.5 * _max_abs(s.direction))
+        new = eqx.tree_at(
+            lambda x: x.done,
+            new,
+            ~new.ok | negligible(new) | (stalled & acceptable(new)),
+        )
+        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
+        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
+
+    s = jax.lax.while_loop(cond, body, state)
+    converged = negligible(s) | acceptable(s)
+    result = RESULTS.where(
+        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
+    )
+    prior_factor = band_cholesky(band)
+    pd = jnp.all(jnp.isfinite(s.factor)) & jnp.all(jnp.isfinite(prior_factor))
+    result = RESULTS.where(pd, result, RESULTS.hessian_not_positive_definite)
+    value = s.value + 0.5 * band_logdet(prior_factor) - 0.5 * band_logdet(s.factor)
+    return value, s.theta, s.factor, result, s.num_steps
+
+
+# --------------------------------------------------------------------------------
+# The value with one custom VJP.
+# --------------------------------------------------------------------------------
+
+
+def _forward(phi, fns, lik, theta_guess, settings):
+    mat, mean, params = fns(phi)
+    if settings.precision_form:
+        value, theta, factor, result, num_steps = _newton_prec(
+            lik, params, mat, mean, theta_guess, settings
+        )
+        a = jnp.zeros_like(theta)
+    else:
+        value, a, theta, factor, result, num_steps = _newton_cov(
+            lik, params, mat, mean, theta_guess, settings
+        )
+    ok = (result == RESULTS.successful) & jnp.isfinite(value)
+    result = RESULTS.where(
+        ok | (result != RESULTS.successful), result, RESULTS.nonfinite_log_density
+    )
+    value = jnp.where(ok, value, -jnp.inf)
+    finite = jnp.all(jnp.isfinite(theta))
+    theta_out = theta
+    if theta_guess is not None:
+        # A failed solve must not poison the next warm start.
+        theta_out = jnp.where(finite, theta, theta_guess)
+    return (value, theta_out, result, num_steps), (theta, a, factor, ok)
+
+
+@eqx.filter_custom_vjp
+def _latent_gaussian_log_marginal(phi, fns, lik, theta_guess, settings):
+    out, _ = _forward(phi, fns, lik, theta_guess, settings)
+    return out
+
+
+@_latent_gaussian_log_marginal.def_fwd
+def _lg_fwd(perturbed, phi, fns, lik, theta_guess, settings):
+    del perturbed
+    return _forward(phi, fns, lik, theta_guess, settings)
+
+
+def _cov_cotangents(lik, theta, a, lower, cov, mean, params, value_bar, theta_bar):
+    _, _, d2, d3 = lik.derivatives(theta, params)
+    w = -d2
+    sqrt_w = jnp.sqrt(jnp.maximum(w, 0.0))
+    n = theta.shape[0]
+    # V = L⁻¹ W½, so R = W½ B⁻¹ W½ = Vᵀ V and diag(K R K) = colsum((V K)²).
+    v = jsl.solve_triangular(lower, jnp.diag(sqrt_w), lower=True)
+    r = v.T @ v
+    vk = v @ cov
+    diag_sigma = jnp.diagonal(cov) - jnp.sum(vk * vk, axis=0)
+    s = 0.5 * value_bar * diag_sigma * d3
+    if theta_bar is not None:
+        s = s + theta_bar
+    u = s - r @ (cov @ s)
+    cov_bar = value_bar * (0.5 * jnp.outer(a, a) - 0.5 * r) + jnp.outer(u, a)
+    mean_bar = value_bar * a + u
+    k_u = cov @ u
+    del n
+
+    def lik_terms(p):
+        l0, l1, l2, _ = lik.derivatives(theta, p)
+        return value_bar * (jnp.sum(l0) + 0.5 * jnp.dot(diag_sigma, l2)) + jnp.dot(
+            k_u, l1
+        )
+
+    return cov_bar, mean_bar, lik_terms
+
+
+def _prec_cotangents(lik, theta, factor, band, mean, params, value_bar, theta_bar):
+    _, _, d2, d3 = lik.derivatives(theta, params)
+    diag_sigma = jax.grad(
+        lambda w: band_logdet(band_cholesky(band_add_diagonal(band, w)))
+    )(-d2)
+    s = 0.5 * value_bar * diag_sigma * d3
+    if theta_bar is not None:
+        s = s + theta_bar
+    u = band_solve(factor, s)
+
+    def terms(band_, mean_, p):
+        l0, l1, l2, _ = lik.derivatives(theta, p)
+        r = theta - mean_
+        qr = band_matvec(band_, r)
+        log_q = (
+            jnp.sum(l0)
+            - 0.5 * jnp.dot(r, qr)
+            + 0.5 * band_logdet(band_cholesky(band_))
+            - 0.5 * band_logdet(band_cholesky(band_add_diagonal(band_, -l2)))
+        )
+        return value_bar * log_q + jnp.dot(u, l1 - qr)
+
+    return terms
+
+
+@_latent_gaussian_log_marginal.def_bwd
+def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settings):
+    del perturbed, theta_guess
+    theta, a, factor, ok = residuals
+    value_bar, theta_bar, _, _ = cotangents
+    if value_bar is None:
+        value_bar = jnp.zeros((), theta.dtype)
+    (mat, mean, params), pullback = jax.vjp(fns, phi)
+    # Sanitise a failed point so that nothing below produces NaN (its gradient is
+    # zeroed at the end anyway).
+    theta = jnp.where(ok, theta, mean)
+    if settings.precision_form:
+        eye = jnp.zeros_like(mat).at[0].set(1.0)
+        factor = jnp.where(ok, factor, band_cholesky(eye))
+        terms = _prec_cotangents(
+            lik, theta, factor, mat, mean, params, value_bar, theta_bar
+        )
+        if params is None:
+            mat_bar, mean_bar = jax.grad(terms, argnums=(0, 1))(mat, mean, None)
+            params_bar = None
+        else:
+            mat_bar, mean_bar, params_bar = jax.grad(terms, argnums=(0, 1, 2))(
+                mat, mean, params
+            )
+    else:
+        a = jnp.where(ok, a, 0.0)
+        factor = jnp.where(ok, factor, jnp.eye(theta.shape[0], dtype=theta.dtype))
+        mat_bar, mean_bar, lik_terms = _cov_cotangents(
+            lik, theta, a, factor, mat, mean, params, value_bar, theta_bar
+        )
+        params_bar = None if params is None else jax.grad(lik_terms)(params)
+    (phi_bar,) = pullback((mat_bar, mean_bar, params_bar))
+    return jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), phi_bar)
+
+
+# --------------------------------------------------------------------------------
+# The public Module.
+# --------------------------------------------------------------------------------
+
+
+class LatentGaussianMarginal(AbstractMarginal):
+    r"""The Laplace marginal `log p(phi | y)` (up to a constant) of a latent Gaussian
+    model with a conditionally independent likelihood:
+
+    $$\theta \sim N(m(\phi), K(\phi)) \ \text{or}\ N(m(\phi), Q(\phi)^{-1}),\qquad
+    y_i \mid \theta \sim p(y_i \mid \theta_i, \phi).$$
+
+    The negative Hessian of the log joint is `K⁻¹ + W` with `W` diagonal, and this
+    marginal exploits it:
+
+    - **covariance form** (`covariance=`): Newton in the stable
+      `B = I + W½ K W½` form of Rasmussen & Williams (Alg. 3.1): only `B` is
+      factorised, never `K`, so a nearly singular `K` (a squared-exponential kernel
+      with a small jitter) is harmless;
+    - **precision form** (`precision=`, a banded `Q` such as a random walk or an
+      AR(1)): `Q + W` is banded and factorised in `O(n b²)`.
+
+    The gradient in `phi` comes from the implicit function theorem with the
+    likelihood's diagonal third derivative (R&W Alg. 5.1), in one custom VJP; the
+    cotangent of `K(phi)` is pulled back through `covariance` by **one reverse-mode
+    VJP**, so the cost of the backward pass does not grow with the number of
+    kernel hyperparameters. Newton is never differentiated.
+
+    Newton is warm-started from `theta_guess` (samplers pass the previous mode) and
+    stops when the step is negligible; a failed solve, a `W` with negative entries
+    (a likelihood that is not log-concave at the mode) or a `Q` that is not positive
+    definite gives `-inf`, a zero gradient and a [`lapsample.RESULTS`][] code.
+
+    It equals [`lapsample.LaplaceMarginal`][] with `log_joint = log_prior(phi) +
+    log N(theta; m, K) + log_likelihood` (to rounding), at a fraction of the cost.
+
+    !!! info
+
+        Like `LaplaceMarginal`, only reverse mode (`jax.grad`) is defined in `phi`.
+        `theta` is a flat vector, one latent value per observation.
+
+    ??? cite "References"
+
+        ```bibtex
+        @book{rasmussen2006gaussian,
+            title={Gaussian Processes for Machine Learning},
+            author={Rasmussen, Carl Edward and Williams, Christopher K. I.},
+            publisher={MIT Press},
+            year={2006}
+        }
+        @inproceedings{margossian2020hamiltonian,
+            title={Hamiltonian Monte Carlo using an adjoint-differentiated
+                   Laplace approximation: Bayesian inference for latent
+                   Gaussian models and beyond},
+            author={Margossian, Charles C and Vehtari, Aki and Simpson, Daniel
+                    and Agrawal, Raj},
+            booktitle={Advances in Neural Information Processing Systems},
+            year={2020}
+        }
+        ```
+    """
+
+    likelihood: AbstractLikelihood
+    covariance: Callable | None = None
+    precision: Callable | None = None
+    mean: Callable | None = None
+    likelihood_params: Callable | None = None
+    log_prior: Callable | None = None
+    theta_init: Any = None
+    max_steps: int = 50
+    max_backtracks: int = 30
+    xtol: float | None = None
+
+    def __check_init__(self):
+        if not isinstance(self.likelihood, AbstractLikelihood):
+            raise TypeError(
+                "`likelihood` must be an `lapsample.AbstractLikelihood` such as "
+                "`lapsample.PoissonLog(y)`, got "
+                f"{type(self.likelihood).__name__}."
+            )
+        if (self.covariance is None) == (self.precision is None):
+            raise ValueError(
+                "Give exactly one of `covariance=phi -> K` (an n × n matrix) or "
+                "`precision=phi -> Q_band` (the lower bands of a banded precision, "
+                "shape (bandwidth + 1, n))."
+            )
+        for name in ("covariance", "precision", "mean", "likelihood_params"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise TypeError(
+                    f"`{name}` must be a function of `phi`, got {type(fn).__name__}."
+                )
+        if self.log_prior is not None and not callable(self.log_prior):
+            raise TypeError("`log_prior` must be a function `phi -> scalar`.")
+        if self.theta_init is not None:
+            theta_init = jnp.asarray(self.theta_init)
+            if theta_init.ndim != 1 or not jnp.issubdtype(
+                theta_init.dtype, jnp.inexact
+            ):
+                raise TypeError(
+                    "`theta_init` must be a 1-D floating array (one latent per "
+                    f"observation), got shape {theta_init.shape} and dtype "
+                    f"{theta_init.dtype}."
+                )
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(f"`max_steps` must be an int >= 1, got {self.max_steps}.")
+
+    def _functions(self) -> _PhiFunctions:
+        matrix = self.covariance if self.precision is None else self.precision
+        return _PhiFunctions(matrix, self.mean, self.likelihood_params)
+
+    def _settings(self, dtype) -> _Settings:
+        eps = float(jnp.finfo(dtype).eps)
+        tol = default_tolerance(dtype)
+        xtol = eps ** (2 / 3) if self.xtol is None else self.xtol
+        return _Settings(
+            self.precision is not None,
+            self.max_steps,
+            self.max_backtracks,
+            xtol,
+            tol,
+            tol,
+        )
+
+    def __call__(self, phi, theta_guess=None):
+        fns = self._functions()
+        # Closed-over tracers become explicit inputs, as custom rules require.
+        fns = eqx.filter_closure_convert(fns, phi)
+        mat = jax.eval_shape(fns, phi)[0]
+        guess = self.theta_init if theta_guess is None else theta_guess
+        if guess is not None:
+            guess = jnp.asarray(guess, mat.dtype)
+        value, theta, result, num_steps = _latent_gaussian_log_marginal(
+            phi, fns, self.likelihood, guess, self._settings(mat.dtype)
+        )
+        if self.log_prior is not None:
+            value = value + jnp.where(
+                jnp.isfinite(value), jnp.asarray(self.log_prior(phi), value.dtype), 0.0
+            )
+            ok = jnp.isfinite(value)
+            result = RESULTS.where(
+                ok | (result != RESULTS.successful),
+                result,
+                RESULTS.nonfinite_log_density,
+            )
+            value = jnp.where(ok, value, -jnp.inf)
+        aux = MarginalAux(theta_star=theta, result=result, num_steps=num_steps)
+        return value, aux
+
+    def sample_theta(
+        self, key: PRNGKeyArray, phi: PyTree[Array], theta_star: Float[Array, " n"]
+    ) -> Float[Array, " n"]:
+        """Draw `theta ~ N(theta_star, (K⁻¹ + W)⁻¹)` (or `(Q + W)⁻¹`), the Laplace
+        approximation to `p(theta | phi, y)`, without inverting `K`.
+
+        Covariance form: with `f ~ N(0, K)` and `e ~ N(0, I)`,
+        `h = f + K W½ e` has covariance `K + K W K`, and `h - K R h` (with
+        `R = W½ B⁻¹ W½`) has covariance `(K⁻¹ + W)⁻¹`. Needs a Cholesky of `K`;
+        precision form: `theta_star + L⁻ᵀ z` with `L Lᵀ = Q + W`.
+
+        **Arguments:**
+
+        - `key`: a JAX PRNG key.
+        - `phi`: the hyperparameters of this draw.
+        - `theta_star`: the mode at `phi` (e.g. `aux.theta_star`).
+
+        **Returns:**
+
+        One draw, shape `(n,)`; NaN where a factorisation fails.
+        """
+        mat, _, params = self._functions()(phi)
+        theta_star = jnp.asarray(theta_star, mat.dtype)
+        _, _, d2, _ = self.likelihood.derivatives(theta_star, params)
+        w = -d2
+        n = theta_star.shape[0]
+        if self.precision is not None:
+            factor = band_cholesky(band_add_diagonal(mat, w))
+            z = jr.normal(key, (n,), mat.dtype)
+            return theta_star + _band_backward(factor, z)
+        key_f, key_e = jr.split(key)
+        lower, sqrt_w = _b_factor(mat, w)
+        chol_k = jnp.linalg.cholesky(mat)
+        f = chol_k @ jr.normal(key_f, (n,), mat.dtype)
+        h = f + mat @ (sqrt_w * jr.normal(key_e, (n,), mat.dtype))
+        r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
+        return theta_star + h - mat @ r_h
+
+
+LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**
+
+- `likelihood`: an [`lapsample.AbstractLikelihood`][]: [`lapsample.PoissonLog`][],
+    [`lapsample.NegBinomial2Log`][], [`lapsample.BernoulliLogit`][],
+    [`lapsample.Gaussian`][] or your own.
+- `covariance`: `phi -> K`, the `n × n` prior covariance of `theta` (include any
+    jitter). Give this or `precision`.
+- `precision`: `phi -> Q_band`, a banded prior precision in lower-band storage:
+    shape `(b + 1, n)` with `Q_band[k, i] = Q[i + k, i]` (row 0 the diagonal; the
+    last `k` entries of row `k` are ignored). E.g. a stationary AR(1) with
+    coefficient `r` and innovation sd `s` has diagonal `(1, 1 + r², …, 1 + r², 1)/s²`
+    and first sub-diagonal `-r/s²`.
+- `mean`: `phi -> m`, the prior mean (a vector or a scalar); `None` means zero.
+- `likelihood_params`: `phi -> params`, what the likelihood reads from `phi` (the
+    negative-binomial dispersion, the Gaussian noise sd); `None` when it needs none.
+- `log_prior`: `phi -> scalar`, the log prior density of `phi` (with any Jacobian of
+    its transform); `None` means flat.
+- `theta_init`: optional cold start of Newton (a 1-D array); `None` starts at the
+    prior mean.
+- `max_steps`, `max_backtracks`: the most Newton iterations per solve, and the most
+    step halvings per iteration.
+- `xtol`: Newton stops when `max|Δtheta| <= xtol·(1 + max|theta|)`; `None` gives
+    `eps ** (2/3)` of the dtype (about `3.7e-11` in float64).
+"""

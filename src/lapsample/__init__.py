@@ -58,6 +58,7 @@ from ._metric import (
     DiagonalMetric as DiagonalMetric,
     metric_from_inverse_mass_matrix as metric_from_inverse_mass_matrix,
 )
+from ._numpyro import from_numpyro as from_numpyro, NumPyroModel as NumPyroModel
 from ._proposal import (
     AbstractProposal as AbstractProposal,
     AbstractWeightedProposal as AbstractWeightedProposal,

@@ -1,0 +1,302 @@
+"""`lapsample.from_numpyro`: NumPyro models as input.
+
+Fast: the NumPyro-derived log joint against hand-written ones (Jacobians included),
+the marginal against posteriordb's closed-form test points, the maps back to the
+constrained space, posterior predictive draws, and the errors for inputs that
+cannot work. Slow: eight schools (centred, `latent=("theta",)`) against the
+posteriordb reference.
+"""
+
+import builtins
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.scipy.stats as jstats
+import numpy as np
+import pytest
+
+import lapsample as ls
+
+from ._sampler_helpers import (
+    eight_schools_json,
+    EightSchoolsLogJoint,
+    Z_MAX,
+)
+from .helpers import shared_json
+
+
+numpyro = pytest.importorskip("numpyro")
+dist = pytest.importorskip("numpyro.distributions")
+
+
+Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+
+def eight_schools(J, sigma, y=None):
+    """The classic centred eight schools."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("J", J):
+        theta = numpyro.sample("theta", dist.Normal(mu, tau))
+        numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+    numpyro.deterministic("tau_squared", tau**2)
+
+
+def poisson_lognormal(counts):
+    """A latent with a constrained (positive) support: `rate` is integrated out
+    on the log scale."""
+    s = numpyro.sample("s", dist.HalfNormal(1.0))
+    m = numpyro.sample("m", dist.Normal(0.0, 1.0))
+    with numpyro.plate("i", counts.shape[0]):
+        rate = numpyro.sample("rate", dist.LogNormal(m, s))
+        numpyro.sample("counts", dist.Poisson(rate), obs=counts)
+
+
+COUNTS = np.array([0.0, 3.0, 1.0, 7.0, 2.0, 0.0])
+
+
+def poisson_lognormal_log_joint(theta, phi):
+    """By hand: `u = log rate`, `v = log s`, with the Jacobians `+ u` and `+ v`."""
+    u, v, m = theta["rate"], phi["s"], phi["m"]
+    s = jnp.exp(v)
+    lp = jnp.log(2.0) + jstats.norm.logpdf(s, 0.0, 1.0) + v
+    lp = lp + jstats.norm.logpdf(m, 0.0, 1.0)
+    # LogNormal(rate | m, s) · rate = Normal(u | m, s).
+    lp = lp + jstats.norm.logpdf(u, m, s).sum()
+    lp = lp + jstats.poisson.logpmf(COUNTS, jnp.exp(u)).sum()
+    return lp
+
+
+@pytest.fixture(scope="module")
+def schools():
+    return ls.from_numpyro(eight_schools, 8, SIGMA, y=Y, latent=("theta",))
+
+
+def test_split_and_initialisation(schools):
+    assert isinstance(schools.marginal, ls.LaplaceMarginal)
+    assert schools.latent == ("theta",)
+    assert set(schools.phi_init) == {"mu", "tau"}
+    assert set(schools.theta_init) == {"theta"}
+    assert schools.theta_init["theta"].shape == (8,)
+    # NumPyro's init_to_uniform: Uniform(-2, 2) on the unconstrained scale.
+    for value in [*schools.phi_init.values(), schools.theta_init["theta"]]:
+        assert np.all(np.abs(np.asarray(value)) <= 2.0)
+
+
+def _random_points(key, num, theta_fn, phi_fn):
+    keys = jr.split(key, num)
+    return jax.vmap(theta_fn)(keys), jax.vmap(phi_fn)(keys)
+
+
+def test_log_joint_matches_hand_written(schools, getkey):
+    # Eight schools: tau > 0 is sampled as log tau, with the `+ log tau` Jacobian.
+    by_hand = EightSchoolsLogJoint(jnp.asarray(Y), jnp.asarray(SIGMA))
+    theta, phi = _random_points(
+        getkey(),
+        5,
+        lambda k: {"theta": 10.0 * jr.normal(jr.fold_in(k, 0), (8,))},
+        lambda k: {"mu": 5.0 * jr.normal(jr.fold_in(k, 1)), "tau": jr.normal(k)},
+    )
+    got = jax.jit(jax.vmap(schools.marginal.log_joint))(theta, phi)
+    expected = jax.vmap(by_hand)(
+        theta["theta"], jnp.stack([phi["mu"], phi["tau"]], axis=-1)
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+    # A positive latent is transformed, not rejected; its Jacobian is included.
+    model = ls.from_numpyro(poisson_lognormal, jnp.asarray(COUNTS), latent="rate")
+    assert set(model.phi_init) == {"s", "m"}
+    assert set(model.theta_init) == {"rate"}
+    theta, phi = _random_points(
+        getkey(),
+        5,
+        lambda k: {"rate": jr.normal(jr.fold_in(k, 0), (6,))},
+        lambda k: {"s": jr.normal(jr.fold_in(k, 1)), "m": jr.normal(k)},
+    )
+    got = jax.jit(jax.vmap(model.marginal.log_joint))(theta, phi)
+    expected = jax.vmap(poisson_lognormal_log_joint)(theta, phi)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_marginal_matches_posteriordb_test_points(schools):
+    # theta | phi, y is Gaussian, so the Laplace marginal is exact: log p(y | mu,
+    # tau) (posteriordb's test points) plus the priors and the log-tau Jacobian.
+    points = shared_json(
+        "posteriordb", "eight_schools-eight_schools_noncentered", "summary.json"
+    )["log_marginal_test_points"]["points"]
+    mu = np.array([p["mu"] for p in points])
+    tau = np.array([p["tau"] for p in points])
+    phi = {"mu": jnp.asarray(mu), "tau": jnp.asarray(np.log(tau))}
+    values, aux = jax.jit(jax.vmap(schools.marginal))(phi)
+    assert np.all(aux.result == ls.RESULTS.successful)
+    log_prior = (
+        np.asarray(jstats.norm.logpdf(mu, 0.0, 5.0))
+        + np.log(2.0 / (math.pi * 5.0 * (1.0 + (tau / 5.0) ** 2)))
+        + np.log(tau)
+    )
+    expected = np.array([p["log_p_y_given_phi"] for p in points]) + log_prior
+    np.testing.assert_allclose(values, expected, rtol=1e-10)
+
+
+def _fake_draws(key, chains=2, draws=100):
+    """Unconstrained draws shaped `(chains, draws, ...)` (not a posterior; only
+    the maps are under test)."""
+    k1, k2, k3 = jr.split(key, 3)
+    phi = {
+        "mu": 3.0 * jr.normal(k1, (chains, draws)),
+        "tau": jr.normal(k2, (chains, draws)),
+    }
+    theta = {"theta": 5.0 * jr.normal(k3, (chains, draws, 8))}
+    return phi, theta
+
+
+def test_constrain_names_and_shapes(schools, getkey):
+    phi, theta = _fake_draws(getkey())
+    out = schools.constrain(phi, theta, batch_ndims=2)
+    assert set(out) == {"mu", "tau", "theta", "tau_squared"}
+    np.testing.assert_allclose(out["mu"], phi["mu"])
+    np.testing.assert_allclose(out["tau"], jnp.exp(phi["tau"]), rtol=1e-14)
+    np.testing.assert_allclose(out["theta"], theta["theta"])
+    assert out["theta"].shape == (2, 100, 8)
+    np.testing.assert_allclose(out["tau_squared"], out["tau"] ** 2, rtol=1e-14)
+    # Without the latent, only the phi sites.
+    only_phi = schools.constrain(phi, None, batch_ndims=2)
+    assert set(only_phi) == {"mu", "tau"}
+    np.testing.assert_allclose(only_phi["tau"], out["tau"])
+    one = schools.constrain(schools.phi_init)
+    np.testing.assert_allclose(one["tau"], jnp.exp(schools.phi_init["tau"]))
+
+
+def test_predictive_feeds_the_draws(schools, getkey):
+    # The replicated data are y_rep = theta + sigma · eps with the *given* theta
+    # draws, so (y_rep - theta) / sigma is N(0, 1): 1600 values, standard errors
+    # 1/√1600 = 0.025 for the mean and ≈ 1/√3200 = 0.018 for the sd; 5 of them
+    # allowed. Had Predictive drawn theta afresh from its prior (tau up to e² ≈ 7
+    # here), the sd would be well above 1.
+    phi, theta = _fake_draws(getkey())
+    out = schools._predict(getkey(), phi, theta, (8, SIGMA), {}, None)
+    assert set(out) == {"obs", "tau_squared"}
+    assert out["obs"].shape == (2, 100, 8)
+    residual = (out["obs"] - np.asarray(theta["theta"])) / SIGMA
+    assert abs(residual.mean()) < 5 * 0.025
+    assert abs(residual.std() - 1.0) < 5 * 0.018
+
+
+@pytest.mark.parametrize(
+    "latent, phrase",
+    [
+        (("school_effect",), "has no site of that name"),
+        (("obs",), "an observed site"),
+        (("tau_squared",), "`numpyro.deterministic` site"),
+        (("J",), "has a plate site of that name"),
+        (("mu", "tau", "theta"), "leaves no hyperparameters"),
+        ((), "`latent` is empty"),
+        (("theta", "theta"), "names a site twice"),
+    ],
+)
+def test_bad_latent_names(latent, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        ls.from_numpyro(eight_schools, 8, SIGMA, y=Y, latent=latent)
+
+
+def _mixture(y, enumerate_=False):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    infer = {"enumerate": "parallel"} if enumerate_ else {}
+    with numpyro.plate("i", y.shape[0]):
+        z = numpyro.sample("z", dist.Bernoulli(0.5), infer=infer)
+        theta = numpyro.sample("theta", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(theta + 3.0 * z, 1.0), obs=y)
+
+
+def _with_param(y):
+    scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    with numpyro.plate("i", y.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(mu, scale))
+        numpyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, latent, phrase",
+    [
+        # A discrete site named as the latent.
+        (_mixture, {}, ("z",), "latent site 'z' is discrete"),
+        # A discrete site elsewhere, enumerated or not: HMC cannot sample it either.
+        (_mixture, {}, ("theta",), "sample site 'z' is discrete"),
+        (_mixture, {"enumerate_": True}, ("theta",), "sample site 'z' is discrete"),
+        (_with_param, {}, ("theta",), "`numpyro.param` site 'scale'"),
+    ],
+)
+def test_unsupported_models(model, kwargs, latent, phrase):
+    y = jnp.asarray(Y[:4])
+    with pytest.raises(ValueError, match=phrase):
+        ls.from_numpyro(model, y, latent=latent, **kwargs)
+
+
+def test_clear_error_without_numpyro(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_numpyro(name, *args, **kwargs):
+        if name == "numpyro" or name.startswith("numpyro."):
+            raise ImportError("No module named 'numpyro'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_numpyro)
+    with pytest.raises(ImportError, match=r'pip install "lapsample\[numpyro\]"'):
+        ls.from_numpyro(eight_schools, 8, SIGMA, y=Y)
+
+
+@pytest.mark.slow
+def test_eight_schools_centred_matches_posteriordb():
+    # Eight schools in NumPyro, centred, theta (the 8 school effects) integrated
+    # out: exact, as theta | mu, tau, y is Gaussian. `sample`'s defaults (1000
+    # warm-up iterations, 1000 draws, 4 chains) from the model's own
+    # initialisation, theta drawn from N(theta*, H⁻¹) at every draw, all mapped
+    # back to the sites. Compared with the reference as in
+    # shared/posteriordb/README.md: z = (g_new - g_ref) / √(m_new² + m_ref²) for g
+    # = mean, sd, 5% and 95% quantiles of mu, log tau and theta, m their MCSEs,
+    # after requiring ESS ≥ 400 and R-hat < 1.01 (eight_schools_z_scores).
+    from ._sampler_helpers import eight_schools_z_scores
+
+    data = eight_schools_json("data.json")
+    summary = eight_schools_json("summary.json")["reference_summary"]
+    sigma = np.asarray(data["sigma"], float)
+    model = ls.from_numpyro(
+        eight_schools, data["J"], sigma, y=np.asarray(data["y"], float)
+    )
+    results = ls.sample(
+        jr.key(20261127),
+        model.marginal,
+        model.phi_init,
+        sample_theta=True,
+        progress_bar=False,
+    )
+    assert int(results.sample_stats["diverging"].sum()) == 0
+    draws = model.constrain_results(results)
+    assert draws["theta"].shape == (4, 1000, 8)
+    assert np.all(np.isfinite(draws["theta"]))
+    assert np.all(draws["tau"] > 0)
+    phi = np.stack([draws["mu"], np.log(draws["tau"])], axis=-1)
+    zs = eight_schools_z_scores(phi, draws["theta"], summary)
+    worst = max(zs, key=lambda k: abs(zs[k]))
+    assert len(zs) == 40
+    assert abs(zs[worst]) < Z_MAX, (worst, zs[worst], zs)
+
+    # ArviZ shows the sites, constrained, with their shapes.
+    idata = model.to_arviz(results)
+    posterior = idata.posterior
+    assert set(posterior.data_vars) == {"mu", "tau", "theta", "tau_squared"}
+    assert posterior["theta"].shape == (4, 1000, 8)
+    np.testing.assert_allclose(posterior["tau"], np.exp(results.phi["tau"]))
+    assert "lp" in idata.sample_stats
+
+    # Posterior predictive: y_rep = theta + sigma · eps, eps ~ N(0, 1), over 32 000
+    # values (standard errors 0.0056 for the mean, 0.004 for the sd; 5 allowed).
+    y_rep = model.predictive(jr.key(1), results, data["J"], sigma)["obs"]
+    assert y_rep.shape == (4, 1000, 8)
+    residual = (y_rep - draws["theta"]) / sigma
+    assert abs(residual.mean()) < 5 * 0.0056
+    assert abs(residual.std() - 1.0) < 5 * 0.004

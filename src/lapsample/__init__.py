@@ -74,6 +74,12 @@ from ._sampler import (
     SamplerInfo as SamplerInfo,
     SamplerState as SamplerState,
 )
+from ._structured import (
+    BandedFactor as BandedFactor,
+    BandedHessian as BandedHessian,
+    BlockDiagonalHessian as BlockDiagonalHessian,
+    BlockFactor as BlockFactor,
+)
 from ._trajectory import (
     AbstractDynamicTrajectory as AbstractDynamicTrajectory,
     AbstractNumStepsTrajectory as AbstractNumStepsTrajectory,

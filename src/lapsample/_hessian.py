@@ -14,6 +14,8 @@ import jax.scipy.linalg as jsl
 import lineax as lx
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree, Scalar
 
+from ._results import RESULTS
+
 
 # `fn(theta, phi)` below is always the *negative* log joint with a flat `theta`, so
 # its Hessian `A = ∇²_θ fn` is positive definite at a mode.
@@ -43,6 +45,48 @@ class AbstractFactor(eqx.Module):
     """
 
     positive_definite: eqx.AbstractVar[Bool[Array, ""]]
+
+
+class AbstractStructuredFactor(AbstractFactor):
+    """A factor of a strategy that assumes structure (diagonal, banded, block).
+
+    `structure_ok` is `False` when the extra Hessian-vector product made at the
+    factorisation disagreed with the assumed structure; `positive_definite` is then
+    `False` too, and the inner solver reports `RESULTS.structure_violated`.
+    """
+
+    structure_ok: eqx.AbstractVar[Bool[Array, ""]]
+
+
+def factor_result(factor: AbstractFactor, result: RESULTS) -> RESULTS:
+    """`result`, or the code that explains why `factor` cannot be used."""
+    result = RESULTS.where(
+        factor.positive_definite, result, RESULTS.hessian_not_positive_definite
+    )
+    if isinstance(factor, AbstractStructuredFactor):
+        result = RESULTS.where(factor.structure_ok, result, RESULTS.structure_violated)
+    return result
+
+
+def probe_vector(theta: Float[Array, " d"]) -> Float[Array, " d"]:
+    """A fixed pseudo-random vector in `[-1, 1]` (a Weyl sequence) for structure
+    checks: no two entries are equal, so curvature outside the assumed structure
+    changes `A z`."""
+    golden = 0.6180339887498949
+    i = jnp.arange(theta.shape[0], dtype=theta.dtype)
+    return 2.0 * jnp.mod(0.5 + golden * i, 1.0) - 1.0
+
+
+def structure_agrees(hz, az, scale) -> Bool[Array, ""]:
+    """Whether the exact product `hz = H z` matches `az`, the product with the
+    matrix assembled under the assumed structure, up to `√eps` relative to
+    `max(|A| |z|)`. Non-finite products pass: the positive-definiteness check
+    reports them."""
+    eps = jnp.finfo(hz.dtype).eps
+    tol = jnp.sqrt(eps) * jnp.max(scale, initial=0.0)
+    finite = jnp.all(jnp.isfinite(hz)) & jnp.all(jnp.isfinite(az))
+    agree = jnp.max(jnp.abs(hz - az), initial=0.0) <= tol
+    return ~finite | agree
 
 
 class AbstractHessianStrategy(eqx.Module):
@@ -107,6 +151,44 @@ class AbstractHessianStrategy(eqx.Module):
         Differentiable in `theta` and `phi`; its gradient at the factorised point
         equals the gradient of `log det ∇²_θ fn`.
         """
+
+    def check_structure(
+        self, fn: FlatFn, theta: Float[Array, " d"], phi: PyTree[Array]
+    ) -> None:
+        """Check, before compilation, that the Hessian at `(theta, phi)` has the
+        structure this strategy assumes; [`lapsample.LaplaceMarginal.check`][] calls
+        it.
+
+        Strategies that assume nothing (dense, matrix-free) pass. Structured ones
+        ([`lapsample.DiagonalHessian`][], [`lapsample.BandedHessian`][],
+        [`lapsample.BlockDiagonalHessian`][]) factorise once, with their structure
+        check on, and raise a `ValueError` that names the fix when one extra
+        Hessian-vector product disagrees with the assumed structure.
+        """
+        if not isinstance(self, AbstractStructuredHessian):
+            return None
+        strategy = eqx.tree_at(lambda s: s.verify, self, True)
+        factor = eqx.filter_jit(strategy.factorise)(fn, theta, phi)
+        if not bool(factor.structure_ok):
+            raise ValueError(
+                f"The Hessian of the log joint in `theta` does not have the structure "
+                f"that `{self!r}` assumes: at `theta_init` it has curvature outside "
+                "it. Use a wider band or larger blocks, order the flattened `theta` "
+                "so that coupled latents are neighbours (neighbours in time next to "
+                "each other; each group's latents consecutive), or use "
+                "`DenseHessian()`."
+            )
+        return None
+
+
+class AbstractStructuredHessian(AbstractHessianStrategy):
+    """A strategy that assumes structure in the Hessian and checks it.
+
+    Its factors are `AbstractStructuredFactor`s, and `verify` says whether each
+    factorisation checks the structure with one extra Hessian-vector product.
+    """
+
+    verify: eqx.AbstractVar[bool]
 
 
 # --------------------------------------------------------------------------------
@@ -303,34 +385,48 @@ Nothing.
 # --------------------------------------------------------------------------------
 
 
-class DiagonalFactor(AbstractFactor):
+class DiagonalFactor(AbstractStructuredFactor):
     """The factor of [`lapsample.DiagonalHessian`][]: the diagonal of the Hessian
     (replaced by ones where it is not positive, so downstream arithmetic stays
     finite)."""
 
     diagonal: Float[Array, " d"]
     positive_definite: Bool[Array, ""]
+    structure_ok: Bool[Array, ""] = eqx.field(default_factory=lambda: jnp.array(True))
 
 
-class DiagonalHessian(AbstractHessianStrategy):
+class DiagonalHessian(AbstractStructuredHessian):
     """For models whose Hessian in `theta` is diagonal (conditionally independent
     latents, e.g. `theta_i ~ N(mu, tau²)`, `y_i ~ p(y_i | theta_i)`).
 
     The diagonal is one Hessian-vector product with a vector of ones, and every
     operation is `O(d)`.
 
-    !!! warning
-
-        The diagonal structure is a promise you make, as with Lineax's tags: with
-        off-diagonal curvature the product with ones returns row sums and the
-        results are wrong.
+    With off-diagonal curvature the product with ones returns row sums, so the
+    structure is checked at every factorisation with one more Hessian-vector
+    product (see `verify`): a violation gives a factor with `structure_ok = False`,
+    a marginal of `-inf` and the code `RESULTS.structure_violated`;
+    [`lapsample.LaplaceMarginal.check`][] raises a `ValueError` before compilation.
     """
+
+    verify: bool = True
 
     def factorise(self, fn, theta, phi):
         diagonal = _hvp(fn, theta, phi, jnp.ones_like(theta))
+        if self.verify:
+            z = probe_vector(theta)
+            structure_ok = structure_agrees(
+                _hvp(fn, theta, phi, z), diagonal * z, jnp.abs(diagonal * z)
+            )
+        else:
+            structure_ok = jnp.array(True)
         ok = jnp.all(jnp.isfinite(diagonal)) & jnp.all(diagonal > 0)
         diagonal = jnp.where(ok, diagonal, jnp.ones_like(diagonal))
-        return DiagonalFactor(diagonal=diagonal, positive_definite=ok)
+        return DiagonalFactor(
+            diagonal=diagonal,
+            positive_definite=ok & structure_ok,
+            structure_ok=structure_ok,
+        )
 
     def logdet(self, factor):
         return jnp.sum(jnp.log(factor.diagonal))
@@ -349,5 +445,8 @@ class DiagonalHessian(AbstractHessianStrategy):
 
 DiagonalHessian.__init__.__doc__ = """**Arguments:**
 
-Nothing.
+- `verify`: check that the Hessian is diagonal at every factorisation with one extra
+    Hessian-vector product (default `True`; it doubles the cost of this otherwise
+    one-product strategy). Turn it off only for a model already checked: with
+    off-diagonal curvature the results are then silently wrong.
 """

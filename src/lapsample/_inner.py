@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
-from ._hessian import AbstractFactor, AbstractHessianStrategy, FlatFn
+from ._hessian import AbstractFactor, AbstractHessianStrategy, factor_result, FlatFn
 from ._misc import default_tolerance, tree_where
 from ._results import RESULTS
 
@@ -61,9 +61,7 @@ class AbstractInnerSolver(eqx.Module):
 
 def _finalise(fn, theta, phi, hessian, result, num_steps) -> InnerSolution:
     factor = hessian.factorise(fn, theta, phi)
-    result = RESULTS.where(
-        factor.positive_definite, result, RESULTS.hessian_not_positive_definite
-    )
+    result = factor_result(factor, result)
     return InnerSolution(theta=theta, result=result, num_steps=num_steps, factor=factor)
 
 
@@ -200,9 +198,7 @@ class Newton(AbstractInnerSolver):
         result = RESULTS.where(
             converged, RESULTS.successful, RESULTS.inner_solve_failed
         )
-        result = RESULTS.where(
-            c.factor.positive_definite, result, RESULTS.hessian_not_positive_definite
-        )
+        result = factor_result(c.factor, result)
         return InnerSolution(
             theta=c.theta, result=result, num_steps=c.num_steps, factor=c.factor
         )

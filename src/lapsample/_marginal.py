@@ -261,6 +261,12 @@ class LaplaceMarginal(AbstractMarginal):
                     f"not: {report}. Check the model for operations with infinite "
                     "slope there (sqrt(0), log near 0, abs)."
                 )
+        theta_flat = self.raveller.ravel(self.theta_init)
+        self.hessian.check_structure(
+            _NegativeLogJoint(self.log_joint, self.raveller),
+            theta_flat,
+            jtu.tree_map(jnp.asarray, phi),
+        )
 
     @property
     def raveller(self) -> TreeRaveller:

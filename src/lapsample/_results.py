@@ -21,6 +21,13 @@ class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "`max_steps`. Increase `max_steps`, use `Newton()` (the default inner "
         "solver), or check that the log joint is concave in `theta`."
     )
+    structure_violated = (
+        "The Hessian of the log joint in `theta` has curvature outside the structure "
+        "that the Hessian strategy assumes (diagonal, banded or block diagonal), so "
+        "its factor would be wrong. Use a wider `BandedHessian(bandwidth=...)` or "
+        "larger `BlockDiagonalHessian(block_size=...)`, order the flattened `theta` "
+        "so that coupled latents are neighbours, or use `DenseHessian()`."
+    )
     nonfinite_log_density = (
         "The log density, or its gradient, is not finite (NaN or inf)."
     )

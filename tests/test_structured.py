@@ -1,0 +1,306 @@
+"""BandedHessian and BlockDiagonalHessian against DenseHessian, on models with that
+structure, and the structure checks (DiagonalHessian's included)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lapsample
+from lapsample._marginal import _NegativeLogJoint
+from lapsample._misc import TreeRaveller
+
+from .helpers import central_difference_grad
+
+
+# --------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------
+
+
+class StochasticVolatility(eqx.Module):
+    """AR(1) log-volatility, `y_t ~ N(0, exp(theta_t))`: tridiagonal Hessian.
+    phi = (mu, logit of the AR coefficient, log sigma)."""
+
+    y: jax.Array
+
+    def __call__(self, theta, phi):
+        mu, logit_rho, log_sigma = phi[0], phi[1], phi[2]
+        rho = jax.nn.sigmoid(logit_rho)
+        sigma = jnp.exp(log_sigma)
+        centred = theta - mu
+        innovations = (centred[1:] - rho * centred[:-1]) / sigma
+        prior = -0.5 * jnp.sum(innovations**2) - (theta.size - 1) * log_sigma
+        prior += -0.5 * centred[0] ** 2 * (1 - rho**2) / sigma**2
+        prior += 0.5 * jnp.log1p(-(rho**2)) - log_sigma
+        likelihood = jnp.sum(-0.5 * theta - 0.5 * self.y**2 * jnp.exp(-theta))
+        hyper = -0.5 * jnp.sum(phi**2 / jnp.array([4.0, 4.0, 1.0]))
+        return prior + likelihood + hyper
+
+
+class RandomWalk2(eqx.Module):
+    """Second-order random walk latent with Poisson counts: bandwidth 2. An extra
+    coupling `theta_t theta_{t+3}` (weight `extra`) breaks the band."""
+
+    y: jax.Array
+    extra: float = 0.0
+
+    def __call__(self, theta, phi):
+        log_tau, mu = phi[0], phi[1]
+        tau = jnp.exp(log_tau)
+        second = theta[2:] - 2 * theta[1:-1] + theta[:-2]
+        prior = -0.5 * jnp.sum(second**2) / tau**2 - (theta.size - 2) * log_tau
+        prior += -0.5 * jnp.sum((theta[:2] - mu) ** 2)
+        rate = theta + mu
+        likelihood = jnp.sum(self.y * rate - jnp.exp(rate))
+        coupling = -self.extra * jnp.sum((theta[3:] - theta[:-3]) ** 2)
+        return prior + likelihood + coupling - 0.5 * jnp.sum(phi**2)
+
+
+class GroupedEffects(eqx.Module):
+    """Random intercept, slope and curvature per group (blocks of 3) with
+    correlated effects and a Poisson likelihood. `extra` couples neighbouring
+    groups."""
+
+    x: jax.Array  # (groups, n)
+    y: jax.Array  # (groups, n)
+    extra: float = 0.0
+
+    def __call__(self, theta, phi):
+        b = theta.reshape(-1, 3)
+        scales = jnp.exp(phi[:3])
+        corr = jnp.tanh(phi[3])
+        # Precision of the effects: D⁻¹ R⁻¹ D⁻¹, R with one off-diagonal correlation.
+        r = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        r = r.at[0, 1].set(corr).at[1, 0].set(corr)
+        cov = r * scales[:, None] * scales[None, :]
+        chol = jnp.linalg.cholesky(cov)
+        z = jax.scipy.linalg.solve_triangular(chol, b.T, lower=True)
+        prior = -0.5 * jnp.sum(z**2) - b.shape[0] * jnp.sum(jnp.log(jnp.diag(chol)))
+        eta = b[:, :1] + b[:, 1:2] * self.x + b[:, 2:3] * self.x**2
+        likelihood = jnp.sum(self.y * eta - jnp.exp(eta))
+        coupling = -self.extra * jnp.sum((b[1:, 0] - b[:-1, 0]) ** 2)
+        return prior + likelihood + coupling - 0.5 * jnp.sum(phi**2)
+
+
+def _sv_data(t, seed=0):
+    rng = np.random.default_rng(seed)
+    h = np.zeros(t)
+    h[0] = -1 + 0.3 * rng.normal()
+    for i in range(1, t):
+        h[i] = -1 + 0.9 * (h[i - 1] + 1) + 0.3 * rng.normal()
+    return jnp.asarray(np.exp(h / 2) * rng.normal(size=t))
+
+
+def _rw2_data(t, seed=1):
+    rng = np.random.default_rng(seed)
+    trend = np.cumsum(np.cumsum(0.05 * rng.normal(size=t)))
+    return jnp.asarray(rng.poisson(np.exp(1.0 + trend - trend.mean())), float)
+
+
+def _grouped_data(groups, n=6, seed=2):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(groups, n))
+    b = rng.normal(size=(groups, 3)) * np.array([0.7, 0.4, 0.2])
+    y = rng.poisson(np.exp(0.5 + b[:, :1] + b[:, 1:2] * x + b[:, 2:3] * x**2))
+    return jnp.asarray(x), jnp.asarray(y, float)
+
+
+# (name, log joint, d, phi, structured strategy)
+CASES = {
+    "banded1-sv": (
+        StochasticVolatility(_sv_data(60)),
+        60,
+        jnp.array([-1.0, 2.0, -1.2]),
+        lapsample.BandedHessian(bandwidth=1),
+    ),
+    "banded3-rw2": (
+        RandomWalk2(_rw2_data(52)),
+        52,  # not a multiple of 3: exercises the padded last block
+        jnp.array([-1.5, 0.8]),
+        lapsample.BandedHessian(bandwidth=3),  # wider than the model's 2 is fine
+    ),
+    "block3-grouped": (
+        GroupedEffects(*_grouped_data(20)),
+        60,
+        jnp.array([-0.3, -0.8, -1.5, 0.4]),
+        lapsample.BlockDiagonalHessian(block_size=3),
+    ),
+}
+
+
+def _value_and_grad(marginal):
+    @jax.jit
+    def run(phi):
+        (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(phi)
+        return value, grad, aux
+
+    return run
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    log_joint, d, phi, structured = CASES[request.param]
+    out = {}
+    strategies = {"dense": lapsample.DenseHessian(), "structured": structured}
+    for name, hessian in strategies.items():
+        marginal = lapsample.LaplaceMarginal(log_joint, jnp.zeros(d), hessian=hessian)
+        marginal.check(phi)
+        run = _value_and_grad(marginal)
+        value, grad, aux = run(phi)
+        assert aux.result == lapsample.RESULTS.successful
+        out[name] = (run, value, grad, aux.theta_star)
+    return request.param, log_joint, phi, structured, out
+
+
+def test_value_and_gradient_equal_dense(case):
+    _, _, _, _, out = case
+    _, v_dense, g_dense, _ = out["dense"]
+    _, v, g, _ = out["structured"]
+    assert abs(float(v - v_dense)) <= 1e-10 * abs(float(v_dense))
+    np.testing.assert_allclose(g, g_dense, rtol=1e-8, atol=1e-8)
+
+
+def test_gradient_against_central_differences(case):
+    _, _, phi, _, out = case
+    run, _, g, _ = out["structured"]
+    fd = central_difference_grad(lambda p: run(p)[0], phi, h=1e-5)
+    # Central differences of a converged marginal: error O(h²·f''') + O(eps/h),
+    # about 1e-6 here.
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5)
+
+
+@eqx.filter_jit
+def _factor_quantities(strategy, fn, theta, phi, key):
+    d = theta.shape[0]
+    matrix = jax.hessian(fn)(theta, phi)
+    factor = strategy.factorise(fn, theta, phi)
+    v = jnp.sin(jnp.arange(d, dtype=theta.dtype))
+    # Draws are `M z` with z ~ N(0, I): the implied covariance is M Mᵀ.
+    m = jax.vmap(lambda z: strategy._transform(factor, z), out_axes=1)(jnp.eye(d))
+    dense = lapsample.DenseHessian()
+    dense_factor = dense.factorise(fn, theta, phi)
+    surrogate_grads = [
+        jax.grad(s.logdet_surrogate, argnums=2)(f, fn, theta, phi)
+        for s, f in ((strategy, factor), (dense, dense_factor))
+    ]
+    return dict(
+        matrix=matrix,
+        ok=factor.positive_definite & factor.structure_ok,
+        logdet=strategy.logdet(factor),
+        solve=strategy.solve(factor, v),
+        v=v,
+        implied_covariance=m @ m.T,
+        draw=strategy.sample(factor, key),
+        surrogate=strategy.logdet_surrogate(factor, fn, theta, phi),
+        surrogate_grads=surrogate_grads,
+    )
+
+
+def test_factor_against_dense_matrix(case, getkey):
+    _, log_joint, phi, strategy, out = case
+    _, _, _, theta = out["dense"]
+    d = theta.shape[0]
+    fn = _NegativeLogJoint(log_joint, TreeRaveller(theta))
+    q = _factor_quantities(strategy, fn, theta, phi, getkey())
+    covariance = jnp.linalg.inv(q["matrix"])
+    assert q["ok"]
+    _, logdet = jnp.linalg.slogdet(q["matrix"])
+    np.testing.assert_allclose(q["logdet"], logdet, rtol=1e-12)
+    np.testing.assert_allclose(q["solve"], covariance @ q["v"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        q["implied_covariance"], covariance, rtol=1e-9, atol=1e-12
+    )
+    assert q["draw"].shape == (d,) and jnp.all(jnp.isfinite(q["draw"]))
+    # The surrogate tr(A₀⁻¹ ∇²fn) is d at the factorised point, and its gradient
+    # in theta is that of log det ∇²fn (the dense strategy's surrogate).
+    np.testing.assert_allclose(q["surrogate"], d, rtol=1e-10)
+    np.testing.assert_allclose(*q["surrogate_grads"], rtol=1e-8, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------
+# Violated structure
+# --------------------------------------------------------------------------------
+
+VIOLATIONS = {
+    "banded": (
+        RandomWalk2(_rw2_data(40), extra=0.3),  # bandwidth 3 declared as 2
+        40,
+        jnp.array([-1.5, 0.8]),
+        lapsample.BandedHessian(bandwidth=2),
+    ),
+    "block": (
+        GroupedEffects(*_grouped_data(10), extra=0.3),  # groups coupled
+        30,
+        jnp.array([-0.3, -0.8, -1.5, 0.4]),
+        lapsample.BlockDiagonalHessian(block_size=3),
+    ),
+    "diagonal": (
+        StochasticVolatility(_sv_data(30)),  # tridiagonal declared as diagonal
+        30,
+        jnp.array([-1.0, 2.0, -1.2]),
+        lapsample.DiagonalHessian(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(VIOLATIONS))
+def test_violated_structure_raises_at_check(name):
+    log_joint, d, phi, strategy = VIOLATIONS[name]
+    marginal = lapsample.LaplaceMarginal(log_joint, jnp.zeros(d), hessian=strategy)
+    with pytest.raises(ValueError, match="does not have the structure"):
+        marginal.check(phi)
+
+
+@pytest.mark.parametrize("name", list(VIOLATIONS))
+def test_violated_structure_is_a_result_code_under_jit(name):
+    log_joint, d, phi, strategy = VIOLATIONS[name]
+    marginal = lapsample.LaplaceMarginal(log_joint, jnp.zeros(d), hessian=strategy)
+    value, grad, aux = _value_and_grad(marginal)(phi)
+    assert value == -jnp.inf
+    assert aux.result == lapsample.RESULTS.structure_violated
+    assert jnp.all(grad == 0)
+
+
+def test_verify_false_skips_the_jit_check_but_not_check():
+    log_joint, d, phi, _ = VIOLATIONS["banded"]
+    strategy = lapsample.BandedHessian(bandwidth=2, verify=False)
+    marginal = lapsample.LaplaceMarginal(log_joint, jnp.zeros(d), hessian=strategy)
+    with pytest.raises(ValueError, match="does not have the structure"):
+        marginal.check(phi)
+    value, _, aux = _value_and_grad(marginal)(phi)
+    # Silently wrong, as documented: the factor sees an aliased band.
+    assert aux.result == lapsample.RESULTS.successful and jnp.isfinite(value)
+
+
+def test_structured_model_passes_check_with_diagonal_model():
+    # DiagonalHessian's check passes on a genuinely diagonal model.
+    def log_joint(theta, phi):
+        return jnp.sum(-0.5 * (theta / jnp.exp(phi)) ** 2 - jnp.exp(theta))
+
+    marginal = lapsample.LaplaceMarginal(
+        log_joint, jnp.zeros(20), hessian=lapsample.DiagonalHessian()
+    )
+    marginal.check(jnp.array(0.3))
+
+
+def test_block_size_must_divide_the_latent():
+    log_joint, _, phi, _ = CASES["block3-grouped"]
+    marginal = lapsample.LaplaceMarginal(
+        log_joint, jnp.zeros(60), hessian=lapsample.BlockDiagonalHessian(7)
+    )
+    with pytest.raises(ValueError, match="multiple of 7"):
+        marginal.check(phi)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lapsample.BandedHessian(bandwidth=0),
+        lambda: lapsample.BlockDiagonalHessian(block_size=-2),
+    ],
+)
+def test_invalid_sizes(make):
+    with pytest.raises(ValueError, match="positive Python integer"):
+        make()

@@ -11,6 +11,10 @@ from ._api import (
     laplace_nuts as laplace_nuts,
     run_inference_algorithm as run_inference_algorithm,
 )
+from ._check import (
+    laplace_check as laplace_check,
+    LaplaceCheckResults as LaplaceCheckResults,
+)
 from ._checkpoint import CheckpointError as CheckpointError
 from ._hessian import (
     AbstractFactor as AbstractFactor,

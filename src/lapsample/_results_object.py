@@ -9,6 +9,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from ._check import LaplaceCheckResults
 from ._sampler import Sampler, SamplerState
 
 
@@ -98,6 +99,8 @@ class SampleResults(eqx.Module):
     - `num_warmup`: the number of warm-up iterations.
     - `num_warmup_divergences`: divergent warm-up transitions per chain.
     - `sampler`: the [`lapsample.Sampler`][] that was run (before tuning).
+    - `laplace_check`: the [`lapsample.LaplaceCheckResults`][] of
+      `sample(..., laplace_check=True)`, else `None`.
 
     `to_arviz()` gives an `arviz.InferenceData`, `summary()` a table with R-hat and
     ESS, `print_summary()` prints it with the diagnostics.
@@ -115,6 +118,7 @@ class SampleResults(eqx.Module):
     num_warmup: int = eqx.field(static=True)
     num_warmup_divergences: np.ndarray
     sampler: Sampler
+    laplace_check: LaplaceCheckResults | None = None
 
     @property
     def num_chains(self) -> int:
@@ -210,6 +214,10 @@ class SampleResults(eqx.Module):
         warm-up, failed inner solves, or any R-hat above 1.01; the counts are also
         in `df.attrs["diagnostics"]` (see `diagnostics()`).
 
+        After `sample(..., laplace_check=True)` the
+        [`lapsample.LaplaceCheckResults`][] is in `df.attrs["laplace_check"]`, and a
+        "bad" verdict (Pareto k̂ ≥ 0.7 somewhere) is part of the warning.
+
         **Arguments:**
 
         - `var_names`: the variables to summarise (default: all).
@@ -253,6 +261,10 @@ class SampleResults(eqx.Module):
                     f"R-hat above {RHAT_THRESHOLD} for {', '.join(bad)}: the chains "
                     "have not mixed; run longer or check the model."
                 )
+        if self.laplace_check is not None:
+            df.attrs["laplace_check"] = self.laplace_check
+            if self.laplace_check.verdict == "bad":
+                problems.append(self.laplace_check.message)
         if problems:
             warnings.warn("\n".join(problems), UserWarning, stacklevel=2)
         return df
@@ -273,3 +285,5 @@ class SampleResults(eqx.Module):
             "step size per chain: "
             + ", ".join(f"{s:.3g}" for s in np.asarray(self.step_size).tolist())
         )
+        if self.laplace_check is not None:
+            print(self.laplace_check.message)

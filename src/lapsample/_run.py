@@ -27,6 +27,7 @@ from ._adaptation import (
     StepFlags,
     welford_init,
 )
+from ._check import laplace_check as _laplace_check
 from ._marginal import AbstractMarginal, LaplaceMarginal
 from ._metric import DenseMetric, DiagonalMetric
 from ._misc import TreeRaveller
@@ -39,6 +40,8 @@ from ._trajectory import NoUTurn
 _AXIS = "chains"
 # Aim for about this many chunks per run (progress updates and checkpoints).
 _TARGET_CHUNKS = 50
+# `fold_in` index of the key of `sample(..., laplace_check=True)`.
+_LAPLACE_CHECK_STREAM = 0x1A9C
 
 
 # --------------------------------------------------------------------------------
@@ -632,6 +635,7 @@ def sample(
     progress_bar: bool = True,
     checkpoint: str | os.PathLike | None = None,
     overwrite: bool = False,
+    laplace_check: bool = False,
 ) -> SampleResults:
     r"""Run several chains of Hamiltonian Monte Carlo with Stan-style warm-up.
 
@@ -748,6 +752,10 @@ def sample(
       `True`).
     - `checkpoint`: a file to write checkpoints to (e.g. `"run.lsmp"`).
     - `overwrite`: replace an existing checkpoint file at `checkpoint`.
+    - `laplace_check`: after sampling, run [`lapsample.laplace_check`][] with its
+      defaults on the results (needs a [`lapsample.LaplaceMarginal`][]); the result
+      is `results.laplace_check` and `results.summary()` reports it. `resume` does
+      not run it: call `lapsample.laplace_check(results, key)` afterwards.
 
     **Returns:**
 
@@ -820,6 +828,7 @@ def sample(
         ("adapt_mass_matrix", adapt_mass_matrix),
         ("progress_bar", progress_bar),
         ("overwrite", overwrite),
+        ("laplace_check", laplace_check),
     ):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False, got {value!r}.")
@@ -843,6 +852,11 @@ def sample(
         raise ValueError(
             "`sample_theta=True` needs a `lapsample.LaplaceMarginal` (a latent to "
             f"draw); the model's marginal is a {type(sampler.marginal).__name__}."
+        )
+    if laplace_check and not isinstance(sampler.marginal, LaplaceMarginal):
+        raise ValueError(
+            "`laplace_check=True` needs a `lapsample.LaplaceMarginal` (a latent to "
+            f"check); the model's marginal is a {type(sampler.marginal).__name__}."
         )
     base_mass = _inverse_mass_array(sampler)
     if dense_mass is None:
@@ -937,7 +951,7 @@ def sample(
             "`initial_position`" + (" or a smaller `jitter`." if jitter > 0 else ".")
         )
 
-    return _loop(
+    results = _loop(
         run,
         carry,
         positions,
@@ -948,6 +962,13 @@ def sample(
         structure=structure,
         model=model,
     )
+    if laplace_check:
+        # A stream of its own, so the draws are the same with or without the check.
+        check = _laplace_check(results, jr.fold_in(key, _LAPLACE_CHECK_STREAM))
+        results = eqx.tree_at(
+            lambda r: r.laplace_check, results, check, is_leaf=lambda x: x is None
+        )
+    return results
 
 
 def _loop(

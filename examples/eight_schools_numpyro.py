@@ -27,11 +27,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import NUTS
+from numpyro.infer.util import constrain_fn
 
 
 with warnings.catch_warnings():
@@ -84,21 +86,38 @@ def run_lapsample(key, settings, repeats):
 
 
 def run_numpyro(key, model, settings, repeats):
-    mcmc = MCMC(
-        NUTS(model),
-        num_warmup=settings["num_warmup"],
-        num_samples=settings["num_samples"],
-        num_chains=settings["num_chains"],
-        chain_method="sequential",
-        progress_bar=False,
-    )
+    """NumPyro's NUTS with its default warm-up (step size and diagonal mass
+    matrix over `num_warmup` iterations), its chains one after another. The
+    kernel is stepped by a jitted `lax.scan` (as in benchmarks/samplers.py):
+    `MCMC.run` traces its loop afresh on every call, so a second `run` would
+    still time the compilation."""
+    kernel = NUTS(model)
+    num_warmup, num_samples = settings["num_warmup"], settings["num_samples"]
+    args, kwargs = (J, SIGMA), {"y": Y}
+
+    @jax.jit
+    def run_chains(states):
+        def one_chain(state):
+            def step(state, _):
+                state = kernel.sample(state, args, kwargs)
+                return state, (state.z, state.diverging)
+
+            return jax.lax.scan(step, state, None, length=num_warmup + num_samples)[1]
+
+        return jax.lax.map(one_chain, states)
+
     for i in range(repeats):
+        keys = jr.split(jr.fold_in(key, i), settings["num_chains"])
+        # One chain at a time (not timed): the kernel then steps one chain.
+        states = [kernel.init(k, num_warmup, None, args, kwargs) for k in keys]
+        states = jax.tree.map(lambda *x: jnp.stack(x), *states)
         start = time.perf_counter()
-        mcmc.run(jr.fold_in(key, i), J, SIGMA, y=Y, extra_fields=("diverging",))
-        jax.block_until_ready(mcmc.get_samples())
+        z, diverging = jax.block_until_ready(run_chains(states))
         seconds = time.perf_counter() - start
-    draws = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    divergences = int(mcmc.get_extra_fields()["diverging"].sum())
+    z = {name: value[:, num_warmup:] for name, value in z.items()}
+    draws = jax.vmap(jax.vmap(lambda z: constrain_fn(model, args, kwargs, z, True)))(z)
+    draws = {name: np.asarray(value) for name, value in draws.items()}
+    divergences = int(np.asarray(diverging)[:, num_warmup:].sum())
     return draws, divergences, seconds
 
 

@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray, PyTree, Scalar
 from ._ad import laplace_log_marginal
 from ._hessian import AbstractHessianStrategy, DenseHessian
 from ._inner import AbstractInnerSolver, Newton
-from ._misc import TreeRaveller
+from ._misc import TreeRaveller, warn_if_low_precision
 from ._results import RESULTS
 
 
@@ -84,7 +84,7 @@ PlainDensity.__init__.__doc__ = """**Arguments:**
 
 def _leaf_paths(tree):
     return [
-        (jtu.keystr(path) or "(root)", leaf)
+        (jtu.keystr(path), leaf)
         for path, leaf in jtu.tree_flatten_with_path(tree)[0]
     ]
 
@@ -115,7 +115,7 @@ def _nonfinite_report(tree, name: str) -> str:
     for path, leaf in _leaf_paths(tree):
         arr = np.asarray(leaf)
         if not np.all(np.isfinite(arr)):
-            where = np.argwhere(~np.isfinite(arr)).tolist()
+            where = np.argwhere(~np.isfinite(arr)).tolist() if arr.ndim else []
             bad.append(f"{name}{path}" + (f" at indices {where[:5]}" if where else ""))
     return ", ".join(bad)
 
@@ -182,6 +182,7 @@ class LaplaceMarginal(AbstractMarginal):
                 f"{type(self.log_joint).__name__}."
             )
         _check_float_tree(self.theta_init, "theta_init", "`jnp.zeros(n)`")
+        warn_if_low_precision(self.theta_init, "`theta_init`", stacklevel=4)
         if not isinstance(self.inner_solver, AbstractInnerSolver):
             raise TypeError(
                 "`inner_solver` must be an `lapsample.AbstractInnerSolver` such as "
@@ -199,14 +200,17 @@ class LaplaceMarginal(AbstractMarginal):
         Raises `TypeError`/`ValueError` with a message that names the problem and
         the fix: integer inputs; `theta_init` or `phi` with a structure or shapes that
         `log_joint` does not accept; an output that is not a floating scalar; a
-        non-finite value or gradient at the starting point. Samplers call this on
-        their initial position.
+        non-finite value or gradient at the starting point. Warns (`UserWarning`)
+        when `phi` is float32 (as the constructor does for `theta_init`): Laplace
+        marginals need float64. [`lapsample.sample`][] calls this on its initial
+        position.
 
         **Arguments:**
 
         - `phi`: a concrete value of the hyperparameters.
         """
         _check_float_tree(phi, "phi", "`jnp.array(0.0)`")
+        warn_if_low_precision(phi, "`phi`")
         try:
             out = jax.eval_shape(self.log_joint, self.theta_init, phi)
         except Exception as e:

@@ -16,6 +16,12 @@ from ._sampler import Sampler, SamplerState
 # The R-hat above which `summary` warns (Vehtari et al. 2021).
 RHAT_THRESHOLD = 1.01
 
+# The fraction of transitions (after warm-up) with a failed inner solve above which
+# `summary` warns that the Laplace approximation itself is in doubt. Below it a few
+# failures are ordinary rejections; above it the sampler is confined to where the
+# inner solve succeeds, which truncates the posterior.
+LAPLACE_FAILURE_THRESHOLD = 0.05
+
 _SCHEMA_ORDER = (
     "lp",
     "acceptance_rate",
@@ -200,11 +206,38 @@ class SampleResults(eqx.Module):
         return {
             "divergences": self.num_divergences,
             "inner_failures": self.num_inner_failures,
+            "inner_failure_fraction": float(
+                self.num_inner_failures.sum()
+                / max(1, self.num_chains * self.num_samples)
+            ),
             "max_treedepth_hits": self.sample_stats["reached_max_treedepth"].sum(
                 axis=1
             ),
             "warmup_divergences": np.asarray(self.num_warmup_divergences),
         }
+
+    def _laplace_validity_message(self, failures: np.ndarray, fraction: float) -> str:
+        dtype = np.result_type(*[np.asarray(x) for x in jtu.tree_leaves(self.phi)])
+        precision = (
+            f"The draws are {dtype}: run in float64 with "
+            '`jax.config.update("jax_enable_x64", True)` at the top of the script; '
+            if np.finfo(dtype).bits < 64
+            else ""
+        )
+        return (
+            f"The Laplace approximation may not be valid here: {fraction:.1%} of "
+            f"the transitions after warm-up (per chain: {failures.tolist()}) had a "
+            "failed inner solve (the mode theta* was not found, or the Hessian was "
+            "not positive definite there). Those transitions are rejected, so the "
+            "chains avoid that region of phi and the posterior is truncated there. "
+            "Fixes: give the inner solver more steps (`Newton(max_steps=200)`, or "
+            "`maxiter=` of `laplace_*`); try another inner solver (`Newton()` or "
+            "`BFGS()`/`LBFGS()`); "
+            + precision
+            + "add `jitter=1e-8` to `DenseHessian` if the Hessian is nearly "
+            "singular; and check that the log joint is concave in theta in that "
+            "region (`results.sample_stats['inner_failed']` marks the draws)."
+        )
 
     def summary(self, var_names=None, hdi_prob: float = 0.94, **kwargs):
         """Posterior summary by ArviZ (`arviz.summary`): mean, sd, HDI, MCSE, bulk
@@ -212,7 +245,10 @@ class SampleResults(eqx.Module):
 
         Warns (`UserWarning`) when there were divergent transitions after
         warm-up, failed inner solves, or any R-hat above 1.01; the counts are also
-        in `df.attrs["diagnostics"]` (see `diagnostics()`).
+        in `df.attrs["diagnostics"]` (see `diagnostics()`). When more than 5% of
+        the transitions had a failed inner solve, the warning says that the
+        Laplace approximation itself is in doubt and lists the usual fixes (more
+        inner steps, another inner solver, float64, a Hessian jitter).
 
         After `sample(..., laplace_check=True)` the
         [`lapsample.LaplaceCheckResults`][] is in `df.attrs["laplace_check"]`, and a
@@ -242,7 +278,10 @@ class SampleResults(eqx.Module):
                 "raise `target_accept` (e.g. 0.95) or reparameterise the model."
             )
         failures = diagnostics["inner_failures"]
-        if failures.sum() > 0:
+        fraction = diagnostics["inner_failure_fraction"]
+        if fraction > LAPLACE_FAILURE_THRESHOLD:
+            problems.append(self._laplace_validity_message(failures, fraction))
+        elif failures.sum() > 0:
             problems.append(
                 f"{int(failures.sum())} transitions with a failed inner solve "
                 f"(per chain: {failures.tolist()}); they count as divergent. Check "

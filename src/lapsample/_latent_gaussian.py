@@ -289,9 +289,14 @@ def _newton_cov(lik, params, cov, mean, theta_guess, settings: _Settings):
         def armijo(step, trial):
             return jnp.isfinite(trial) & (trial >= s.value + 1e-4 * step * s.decrement)
 
+        # Once the decrement is within tolerance the objective's change is
+        # rounding noise: take the full step (it is what makes the step
+        # negligible) rather than creeping along on noise.
+        full = acceptable(s)
+
         def ls_cond(ls):
             step, trial, k = ls
-            return ~armijo(step, trial) & (k < settings.max_backtracks)
+            return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
 
         def ls_body(ls):
             step, _, k = ls
@@ -302,7 +307,7 @@ def _newton_cov(lik, params, cov, mean, theta_guess, settings: _Settings):
         step, trial, _ = jax.lax.while_loop(
             ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
         )
-        accepted = armijo(step, trial)
+        accepted = armijo(step, trial) | (full & jnp.isfinite(trial))
         new = _cov_evaluate(
             lik,
             params,
@@ -413,9 +418,14 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
         def armijo(step, trial):
             return jnp.isfinite(trial) & (trial >= s.value + 1e-4 * step * s.decrement)
 
+        # Once the decrement is within tolerance the objective's change is
+        # rounding noise: take the full step (it is what makes the step
+        # negligible) rather than creeping along on noise.
+        full = acceptable(s)
+
         def ls_cond(ls):
             step, trial, k = ls
-            return ~armijo(step, trial) & (k < settings.max_backtracks)
+            return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
 
         def ls_body(ls):
             step, _, k = ls
@@ -426,7 +436,7 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
         step, trial, _ = jax.lax.while_loop(
             ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
         )
-        accepted = armijo(step, trial)
+        accepted = armijo(step, trial) | (full & jnp.isfinite(trial))
         new = _prec_evaluate(
             lik, params, band, mean, s.theta + step * s.direction, s.num_steps + 1
         )

@@ -1,6 +1,10 @@
 """BandedHessian and BlockDiagonalHessian against DenseHessian, on models with that
 structure, and the structure checks (DiagonalHessian's included)."""
 
+import importlib.util
+import json
+import pathlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,6 +15,7 @@ import lapsample
 from lapsample._marginal import _NegativeLogJoint
 from lapsample._misc import TreeRaveller
 
+from ._sampler_helpers import check_mixing, mcse, Z_MAX
 from .helpers import central_difference_grad
 
 
@@ -304,3 +309,63 @@ def test_block_size_must_divide_the_latent():
 def test_invalid_sizes(make):
     with pytest.raises(ValueError, match="positive Python integer"):
         make()
+
+
+# --------------------------------------------------------------------------------
+# Stochastic volatility, T = 1000, against a long full-joint NUTS run (slow)
+# --------------------------------------------------------------------------------
+
+SV_REFERENCE = pathlib.Path(__file__).parent / "data" / "sv_reference.json"
+
+
+def _load_example(name):
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_stochastic_volatility_against_full_joint_nuts():
+    """phi moments of `lapsample.sample` with the banded Laplace marginal vs the
+    fixture tests/data/sv_reference.json: NumPyro NUTS on the full joint
+    (non-centred), 4 chains × 10,000 draws after 1000 warm-up, made once by
+    `python benchmarks/make_sv_reference.py --write` (settings and seed inside).
+
+    The Laplace marginal is not exact for SV (the likelihood is not Gaussian in
+    theta), so a difference is expected to be a bias plus Monte Carlo error. Each
+    z-score divides the difference of the two estimates by the combined MCSE
+    (`hypot` of both); |z| < Z_MAX = 4 passes. At this T the Laplace bias measured
+    when the test was written (benchmarks/README.md, "Structured Hessians") is a
+    small fraction of a posterior sd; the test would flag it once it exceeds
+    about 4 combined MCSEs (≈ 0.03 posterior sds here).
+    """
+    reference = json.loads(SV_REFERENCE.read_text())
+    sv = _load_example("stochastic_volatility")
+    y = sv.simulate(reference["T"])
+    results = lapsample.sample(
+        jax.random.key(7),
+        sv.marginal_for(y),
+        sv.PHI_INIT,
+        num_warmup=500,
+        num_samples=1000,
+        num_chains=4,
+        progress_bar=False,
+    )
+    phi = np.asarray(results.phi)
+    zs = {}
+    for i, name in enumerate(sv.PHI_NAMES):
+        draws = phi[:, :, i]
+        check_mixing(draws, name)
+        ref = reference["phi"][name]
+        for stat, value, se in (
+            ("mean", draws.mean(), mcse(draws, "mean")),
+            ("sd", draws.std(ddof=1), mcse(draws, "sd")),
+        ):
+            zs[f"{name}.{stat}"] = (value - ref[stat]) / np.hypot(
+                se, ref[f"mcse_{stat}"]
+            )
+    print({k: round(float(v), 2) for k, v in zs.items()})
+    bad = {k: v for k, v in zs.items() if abs(v) >= Z_MAX}
+    assert not bad, f"|z| >= {Z_MAX}: {bad} (all: {zs})"

@@ -1,0 +1,163 @@
+"""Structured Hessians on the stochastic volatility model (examples/
+stochastic_volatility.py), float64 on CPU. Prints three tables:
+
+1. T = 100,000 latents: one value+grad of the Laplace marginal with
+   `BandedHessian(1)`, from a cold start (`theta_init`) and warm-started at the mode
+   (as inside a sampler), with what a dense Hessian would need.
+2. Banded vs dense value+grad time at a few T (warm start at the mode).
+3. T = 1000: ESS/s of phi from `lapsample.sample` (banded Laplace marginal, NUTS)
+   vs full-joint non-centred NUTS in NumPyro on the same data, 4 chains × 1000
+   warm-up + 1000 draws each, wall time including compilation.
+
+    python benchmarks/structured.py              # everything
+    python benchmarks/structured.py --skip-ess   # tables 1 and 2 only
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import equinox as eqx
+import numpy as np
+
+import lapsample
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stochastic_volatility import marginal_for, PHI_INIT, PHI_NAMES, simulate  # noqa: E402
+
+
+@eqx.filter_jit
+def _value_and_grad(marginal, phi, theta_guess):
+    return jax.value_and_grad(marginal, has_aux=True)(phi, theta_guess)
+
+
+def _time(marginal, phi, theta_guess, repeats):
+    out = _value_and_grad(marginal, phi, theta_guess)  # compile
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = _value_and_grad(marginal, phi, theta_guess)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+    (value, aux), grad = out
+    assert aux.result == lapsample.RESULTS.successful, aux.result
+    return float(np.median(times)), value, grad, aux
+
+
+def big_t(num_steps=100_000):
+    print(f"== 1. SV, T = {num_steps:,} latents, BandedHessian(bandwidth=1) ==")
+    marginal = marginal_for(simulate(num_steps))
+    cold, value, grad, aux = _time(marginal, PHI_INIT, marginal.theta_init, 3)
+    warm, *_ = _time(marginal, PHI_INIT + 1e-3, aux.theta_star, 5)
+    print(f"cold start (theta_init): {cold:.3f} s, Newton steps {int(aux.num_steps)}")
+    print(f"warm start (mode at a nearby phi): {warm:.3f} s")
+    print(f"value {float(value):.6f}, grad {np.asarray(grad)}")
+    gib = 8 * num_steps**2 / 2**30
+    print(
+        f"dense: the Hessian alone is {gib:.0f} GiB in float64 ({num_steps:,}² × 8 B), "
+        f"and one Cholesky is T³/3 ≈ {num_steps**3 / 3:.1e} flop (hours at tens of "
+        "GFLOP/s), per Newton step; it does not fit this machine."
+    )
+    return cold, warm
+
+
+def banded_vs_dense(sizes=(100, 300, 1000)):
+    print("== 2. value+grad, warm start at the mode: banded vs dense ==")
+    print(f"{'T':>6} {'banded ms':>10} {'dense ms':>10} {'ratio':>7} {'|Δvalue|':>9}")
+    rows = []
+    for t in sizes:
+        y = simulate(t)
+        out = {}
+        for name, hessian in (
+            ("banded", lapsample.BandedHessian(bandwidth=1)),
+            ("dense", lapsample.DenseHessian()),
+        ):
+            marginal = marginal_for(y, hessian)
+            _, _, _, aux = _time(marginal, PHI_INIT, marginal.theta_init, 1)
+            seconds, value, grad, _ = _time(
+                marginal, PHI_INIT + 1e-3, aux.theta_star, 5
+            )
+            out[name] = (seconds, value)
+        ratio = out["dense"][0] / out["banded"][0]
+        diff = abs(float(out["dense"][1] - out["banded"][1]))
+        print(
+            f"{t:>6} {1e3 * out['banded'][0]:>10.2f} {1e3 * out['dense'][0]:>10.1f} "
+            f"{ratio:>7.0f} {diff:>9.1e}"
+        )
+        rows.append((t, out["banded"][0], out["dense"][0]))
+    return rows
+
+
+def ess_per_second(num_warmup=1000, num_samples=1000, num_chains=4):
+    import arviz as az
+    from make_sv_reference import run as run_numpyro
+
+    print(
+        f"== 3. SV, T = 1000: ESS/s of phi, {num_chains} chains × {num_warmup} "
+        f"warm-up + {num_samples} draws (wall time including compilation) =="
+    )
+    y = simulate(1000)
+    start = time.perf_counter()
+    results = lapsample.sample(
+        jax.random.key(0),
+        marginal_for(y),
+        PHI_INIT,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        progress_bar=False,
+    )
+    laplace_seconds = time.perf_counter() - start
+    laplace = np.asarray(results.phi)
+    nuts, nuts_seconds, _ = run_numpyro(1000, num_warmup, num_samples, num_chains, 2)
+    print(f"{'':12} {'seconds':>8} " + " ".join(f"{n:>18}" for n in PHI_NAMES))
+    ratios = []
+    for name, draws, seconds in (
+        ("laplace", laplace, laplace_seconds),
+        ("full NUTS", nuts, nuts_seconds),
+    ):
+        ess = [float(az.ess(draws[:, :, i], method="bulk")) for i in range(3)]
+        ratios.append([e / seconds for e in ess])
+        cells = " ".join(f"{e:>7.0f} ({e / seconds:>6.1f}/s)" for e in ess)
+        print(f"{name:12} {seconds:>8.1f} {cells}")
+    reference = json.loads((ROOT / "tests/data/sv_reference.json").read_text())
+    print("laplace vs the long NUTS reference (tests/data/sv_reference.json):")
+    for i, name in enumerate(PHI_NAMES):
+        ref = reference["phi"][name]
+        x = laplace[:, :, i]
+        se = float(np.hypot(az.mcse(x, method="mean"), ref["mcse_mean"]))
+        diff = x.mean() - ref["mean"]
+        print(
+            f"  {name:10s} mean {x.mean():+.4f} vs {ref['mean']:+.4f}: "
+            f"diff {diff:+.4f} = {diff / ref['sd']:+.3f} sd, z {diff / se:+.2f}; "
+            f"sd {x.std(ddof=1):.4f} vs {ref['sd']:.4f}"
+        )
+    gain = [a / b for a, b in zip(*ratios)]
+    print("ESS/s ratio laplace / full NUTS: " + ", ".join(f"{g:.1f}" for g in gain))
+    return gain
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-ess", action="store_true")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, devices {jax.devices()}")
+    big_t()
+    banded_vs_dense()
+    if not args.skip_ess:
+        ess_per_second()
+
+
+if __name__ == "__main__":
+    main()

@@ -142,15 +142,15 @@ def test_marginal_matches_posteriordb_test_points(schools):
 
 
 def _fake_draws(key, chains=2, draws=100):
-    """Unconstrained draws shaped `(chains, draws, ...)` (not a posterior; only
-    the maps are under test)."""
+    """Unconstrained draws shaped `(chains, draws, ...)`, NumPy arrays as in
+    `SampleResults` (not a posterior; only the maps are under test)."""
     k1, k2, k3 = jr.split(key, 3)
     phi = {
         "mu": 3.0 * jr.normal(k1, (chains, draws)),
         "tau": jr.normal(k2, (chains, draws)),
     }
     theta = {"theta": 5.0 * jr.normal(k3, (chains, draws, 8))}
-    return phi, theta
+    return jax.tree.map(np.asarray, phi), jax.tree.map(np.asarray, theta)
 
 
 def test_constrain_names_and_shapes(schools, getkey):

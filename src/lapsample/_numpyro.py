@@ -202,7 +202,7 @@ class NumPyroModel(eqx.Module):
                 return_deterministic=keep is None,
             )
             return {
-                name: jnp.asarray(value)
+                name: value
                 for name, value in values.items()
                 if keep is None or name in keep
             }
@@ -210,7 +210,10 @@ class NumPyroModel(eqx.Module):
         # Batched here: `constrain_fn(batch_ndims=)` is missing from older NumPyro.
         for _ in range(batch_ndims):
             one = jax.vmap(one)
-        return one({**phi, **theta})
+        values = one({**phi, **theta})
+        # `vmap` can hand an input that passes through unchanged (a real site) back
+        # as it came, e.g. as a NumPy array.
+        return {name: jnp.asarray(value) for name, value in values.items()}
 
     def constrain_results(self, results: SampleResults) -> dict[str, np.ndarray]:
         """The draws of a run of [`lapsample.sample`][] in the constrained space,

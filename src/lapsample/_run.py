@@ -753,9 +753,10 @@ def sample(
     - `checkpoint`: a file to write checkpoints to (e.g. `"run.lsmp"`).
     - `overwrite`: replace an existing checkpoint file at `checkpoint`.
     - `laplace_check`: after sampling, run [`lapsample.laplace_check`][] with its
-      defaults on the results (needs a [`lapsample.LaplaceMarginal`][]); the result
-      is `results.laplace_check` and `results.summary()` reports it. `resume` does
-      not run it: call `lapsample.laplace_check(results, key)` afterwards.
+      defaults (20 draws of `phi`, or all when there are fewer) on the results
+      (needs a [`lapsample.LaplaceMarginal`][]); the result is
+      `results.laplace_check` and `results.summary()` reports it. `resume` does not
+      run it: call `lapsample.laplace_check(results, key)` afterwards.
 
     **Returns:**
 
@@ -964,7 +965,11 @@ def sample(
     )
     if laplace_check:
         # A stream of its own, so the draws are the same with or without the check.
-        check = _laplace_check(results, jr.fold_in(key, _LAPLACE_CHECK_STREAM))
+        check = _laplace_check(
+            results,
+            jr.fold_in(key, _LAPLACE_CHECK_STREAM),
+            num_phi=min(20, num_chains * num_samples),
+        )
         results = eqx.tree_at(
             lambda r: r.laplace_check, results, check, is_leaf=lambda x: x is None
         )

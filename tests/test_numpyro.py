@@ -86,6 +86,37 @@ def test_split_and_initialisation(schools):
         assert np.all(np.abs(np.asarray(value)) <= 2.0)
 
 
+def test_sample_takes_the_model_and_names_the_sites(schools, tmp_path):
+    # `sample` starts at the model's own initialisation and the results show the
+    # sites in their constrained space: `tau`, not log tau. A short run: names,
+    # shapes and the mapping are checked, not the posterior (see the slow test).
+    results = ls.sample(
+        jr.key(0),
+        schools,
+        num_warmup=20,
+        num_samples=10,
+        num_chains=1,
+        sample_theta=True,
+        save_warmup=True,
+        progress_bar=False,
+        checkpoint=tmp_path / "run.lsmp",
+    )
+    posterior = results.to_arviz().posterior
+    assert set(posterior.data_vars) == {"mu", "tau", "theta", "tau_squared"}
+    assert posterior["theta"].shape == (1, 10, 8)
+    np.testing.assert_allclose(posterior["tau"], np.exp(results.phi["tau"]))
+    np.testing.assert_allclose(posterior["tau_squared"], posterior["tau"] ** 2)
+    warmup = results.to_arviz().warmup_posterior
+    assert set(warmup.data_vars) == {"mu", "tau"}
+    table = results.summary()
+    assert "tau" in table.index and "theta[7]" in table.index
+    # `resume` given the NumPyro model keeps the names.
+    again = ls.resume(tmp_path / "run.lsmp", schools, progress_bar=False)
+    assert set(again.to_arviz().posterior.data_vars) == set(posterior.data_vars)
+    with pytest.raises(TypeError, match="needs an `initial_position`"):
+        ls.sample(jr.key(0), schools.marginal)
+
+
 def _random_points(key, num, theta_fn, phi_fn):
     keys = jr.split(key, num)
     return jax.vmap(theta_fn)(keys), jax.vmap(phi_fn)(keys)
@@ -267,13 +298,9 @@ def test_eight_schools_centred_matches_posteriordb():
     model = ls.from_numpyro(
         eight_schools, data["J"], sigma, y=np.asarray(data["y"], float)
     )
-    results = ls.sample(
-        jr.key(20261127),
-        model.marginal,
-        model.phi_init,
-        sample_theta=True,
-        progress_bar=False,
-    )
+    # The model itself goes to `sample`: it starts at `model.phi_init`, and the
+    # results name the draws by the model's sites.
+    results = ls.sample(jr.key(20261127), model, sample_theta=True, progress_bar=False)
     assert int(results.sample_stats["diverging"].sum()) == 0
     draws = model.constrain_results(results)
     assert draws["theta"].shape == (4, 1000, 8)
@@ -286,7 +313,7 @@ def test_eight_schools_centred_matches_posteriordb():
     assert abs(zs[worst]) < Z_MAX, (worst, zs[worst], zs)
 
     # ArviZ shows the sites, constrained, with their shapes.
-    idata = model.to_arviz(results)
+    idata = results.to_arviz()
     posterior = idata.posterior
     assert set(posterior.data_vars) == {"mu", "tau", "theta", "tau_squared"}
     assert posterior["theta"].shape == (4, 1000, 8)

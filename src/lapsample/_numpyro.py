@@ -18,7 +18,7 @@ from jaxtyping import Array, PRNGKeyArray, Scalar
 from ._hessian import AbstractHessianStrategy, DenseHessian
 from ._inner import AbstractInnerSolver, Newton
 from ._marginal import LaplaceMarginal
-from ._results_object import _SCHEMA_ORDER, import_arviz, SampleResults
+from ._results_object import SampleResults
 
 
 def _import_numpyro(what: str):
@@ -232,13 +232,19 @@ class NumPyroModel(eqx.Module):
         """
         return _as_numpy(self.constrain(results.phi, results.theta, batch_ndims=2))
 
+    def postprocess(self, phi, theta=None) -> dict[str, np.ndarray]:
+        """Draws with leading axes `(chains, draws)` as constrained site values
+        (`constrain(phi, theta, batch_ndims=2)` as NumPy arrays). `lapsample.sample`
+        puts this in [`lapsample.SampleResults`][]`.postprocess`, so that
+        `results.to_arviz()` and `results.summary()` show the sites."""
+        return _as_numpy(self.constrain(phi, theta, batch_ndims=2))
+
     def to_arviz(self, results: SampleResults):
         """`results` as an `arviz.InferenceData`, with the constrained values under
         the site names: `tau`, not its logarithm; `theta` with the site's shape.
 
-        Like [`lapsample.SampleResults.to_arviz`][], with `posterior` (and
-        `warmup_posterior` when `save_warmup=True`) from
-        [`lapsample.NumPyroModel.constrain_results`][]; `sample_stats` unchanged.
+        Results of `lapsample.sample(key, model)` already show the sites through
+        their own `to_arviz()`; this is for results of a run on `self.marginal`.
 
         **Arguments:**
 
@@ -248,20 +254,13 @@ class NumPyroModel(eqx.Module):
 
         An `arviz.InferenceData`.
         """
-        az = import_arviz("NumPyroModel.to_arviz")
-        kwargs = {}
-        if results.warmup_phi is not None:
-            warmup = self.constrain(results.warmup_phi, None, batch_ndims=2)
-            kwargs = dict(
-                warmup_posterior=_as_numpy(warmup),
-                warmup_sample_stats=dict(results.warmup_sample_stats or {}),
-                save_warmup=True,
-            )
-        return az.from_dict(
-            posterior=self.constrain_results(results),
-            sample_stats={k: results.sample_stats[k] for k in _SCHEMA_ORDER},
-            **kwargs,
+        named = eqx.tree_at(
+            lambda r: r.postprocess,
+            results,
+            self.postprocess,
+            is_leaf=lambda x: x is None,
         )
+        return named.to_arviz()
 
     def predictive(
         self,

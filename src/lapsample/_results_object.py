@@ -2,6 +2,7 @@
 conversion to ArviZ."""
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -107,6 +108,11 @@ class SampleResults(eqx.Module):
     - `sampler`: the [`lapsample.Sampler`][] that was run (before tuning).
     - `laplace_check`: the [`lapsample.LaplaceCheckResults`][] of
       `sample(..., laplace_check=True)`, else `None`.
+    - `postprocess`: `(phi, theta) -> {name: array}`, the posterior variables that
+      `to_arviz()` and `summary()` show, or `None` to show `phi` and `theta` as
+      they are. `sample` sets it for a [`lapsample.NumPyroModel`][]: the model's
+      sites in their constrained space (`tau`, not its logarithm), with
+      deterministic sites when `theta` was drawn.
 
     `to_arviz()` gives an `arviz.InferenceData`, `summary()` a table with R-hat and
     ESS, `print_summary()` prints it with the diagnostics.
@@ -125,6 +131,7 @@ class SampleResults(eqx.Module):
     num_warmup_divergences: np.ndarray
     sampler: Sampler
     laplace_check: LaplaceCheckResults | None = None
+    postprocess: Callable[..., dict[str, Any]] | None = None
 
     @property
     def num_chains(self) -> int:
@@ -155,6 +162,9 @@ class SampleResults(eqx.Module):
         )
 
     def _posterior_dict(self, phi, theta) -> dict[str, np.ndarray]:
+        if self.postprocess is not None:
+            named = self.postprocess(phi, theta)
+            return {name: np.asarray(value) for name, value in named.items()}
         out = {}
         for name, leaf in variable_names(phi, "phi"):
             out[name] = np.asarray(leaf)

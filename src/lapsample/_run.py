@@ -31,6 +31,7 @@ from ._check import laplace_check as _laplace_check
 from ._marginal import AbstractMarginal, LaplaceMarginal
 from ._metric import DenseMetric, DiagonalMetric
 from ._misc import TreeRaveller
+from ._numpyro import NumPyroModel
 from ._proposal import Multinomial
 from ._results_object import SampleResults
 from ._sampler import Sampler, SamplerInfo, SamplerState
@@ -395,6 +396,31 @@ def _check_key(key) -> jax.Array:
     )
 
 
+def _unwrap_numpyro(model, initial_position, need_position: bool = True):
+    """`(model, initial_position, postprocess)`: a [`lapsample.NumPyroModel`][]
+    becomes its marginal, starts at its `phi_init` unless told otherwise, and names
+    the draws by its constrained sites."""
+    if isinstance(model, NumPyroModel):
+        if initial_position is None:
+            initial_position = model.phi_init
+        return model.marginal, initial_position, model.postprocess
+    if initial_position is None and need_position:
+        raise TypeError(
+            "`sample` needs an `initial_position` (a value of phi) for a "
+            f"{type(model).__name__}; only a model from `lapsample.from_numpyro` "
+            "brings its own."
+        )
+    return model, initial_position, None
+
+
+def _with_postprocess(results: SampleResults, postprocess) -> SampleResults:
+    if postprocess is None:
+        return results
+    return eqx.tree_at(
+        lambda r: r.postprocess, results, postprocess, is_leaf=lambda x: x is None
+    )
+
+
 def _as_sampler(model) -> Sampler:
     if isinstance(model, Sampler):
         return model
@@ -617,8 +643,8 @@ def _settings_for(
 
 def sample(
     key: PRNGKeyArray,
-    model: Sampler | AbstractMarginal,
-    initial_position: PyTree[ArrayLike],
+    model: Sampler | AbstractMarginal | NumPyroModel,
+    initial_position: PyTree[ArrayLike] | None = None,
     *,
     num_warmup: int = 1000,
     num_samples: int = 1000,
@@ -797,6 +823,7 @@ def sample(
         ```
     """
     key = _check_key(key)
+    model, initial_position, postprocess = _unwrap_numpyro(model, initial_position)
     sampler = _as_sampler(model)
     num_warmup = _check_int("num_warmup", num_warmup, 0)
     num_samples = _check_int("num_samples", num_samples, 1)
@@ -963,6 +990,7 @@ def sample(
         structure=structure,
         model=model,
     )
+    results = _with_postprocess(results, postprocess)
     if laplace_check:
         # A stream of its own, so the draws are the same with or without the check.
         check = _laplace_check(
@@ -1169,7 +1197,7 @@ def _write_checkpoint(
 
 def resume(
     checkpoint: str | os.PathLike,
-    model: Sampler | AbstractMarginal,
+    model: Sampler | AbstractMarginal | NumPyroModel,
     *,
     progress_bar: bool = True,
 ) -> SampleResults:
@@ -1199,6 +1227,7 @@ def resume(
     untouched), or was written for a different model; `FileNotFoundError` if it
     does not exist.
     """
+    model, _, postprocess = _unwrap_numpyro(model, None, need_position=False)
     path = os.fspath(checkpoint)
     header, arrays = _checkpoint.read(path)
     try:
@@ -1253,7 +1282,7 @@ def resume(
         _check_leaves(path, "warm-up draws", warmup, saved, axis=1)
         for dst, src in zip(warmup, saved):
             dst[:, : src.shape[1]] = src
-    return _loop(
+    results = _loop(
         run,
         carry,
         positions,
@@ -1264,6 +1293,7 @@ def resume(
         structure=structure,
         model=model,
     )
+    return _with_postprocess(results, postprocess)
 
 
 def _check_leaves(path, what, expected, got, axis=None):

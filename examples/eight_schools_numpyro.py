@@ -71,8 +71,7 @@ def run_lapsample(key, settings, repeats):
         start = time.perf_counter()
         results = lapsample.sample(
             jr.fold_in(key, i),
-            model.marginal,
-            model.phi_init,
+            model,  # starts at model.phi_init; results named by site
             num_warmup=settings["num_warmup"],
             num_samples=settings["num_samples"],
             num_chains=settings["num_chains"],
@@ -170,7 +169,7 @@ def main(quick: bool = False):
     print("\n".join(rows))
     print()
     # The sites under their own names and shapes, constrained (tau > 0).
-    idata = model.to_arviz(results)
+    idata = results.to_arviz()
     print(az.summary(idata, var_names=["mu", "tau", "theta"], kind="stats"))
     y_rep = model.predictive(jr.key(1), results, J, SIGMA)["obs"]
     print(

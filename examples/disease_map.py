@@ -143,7 +143,7 @@ def main(cells: int, quick: bool, figure: Path, chains: int, warmup: int, draws:
     )
 
     x = np.asarray(data["x"], float)
-    fig, ax = plt.subplots(figsize=(4.2, 6.0))
+    fig, ax = plt.subplots(figsize=(5.0, 6.4))
     sc = ax.scatter(
         x[:, 0],
         x[:, 1],
@@ -157,7 +157,7 @@ def main(cells: int, quick: bool, figure: Path, chains: int, warmup: int, draws:
     ax.set_aspect("equal")
     ax.set_xlabel("x1 (20 km cells)")
     ax.set_ylabel("x2 (20 km cells)")
-    ax.set_title(f"Finland, heart-attack deaths ({cells} cells)")
+    ax.set_title(f"Finland, {cells} cells")
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=120)

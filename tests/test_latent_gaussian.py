@@ -163,8 +163,28 @@ def _models(name, form):
     return marginal, log_joint, phi
 
 
-@pytest.mark.parametrize("form", ["covariance", "precision"])
-@pytest.mark.parametrize("name", LIKELIHOODS)
+# Each likelihood once in the fast suite, alternating forms; the other four
+# combinations (each a dense compile) run with the slow tests.
+_FAST_PAIRS = {
+    ("poisson", "covariance"),
+    ("negbin", "precision"),
+    ("bernoulli", "covariance"),
+    ("gaussian", "precision"),
+}
+
+
+@pytest.mark.parametrize(
+    "name, form",
+    [
+        pytest.param(
+            name,
+            form,
+            marks=() if (name, form) in _FAST_PAIRS else pytest.mark.slow,
+        )
+        for name in LIKELIHOODS
+        for form in ("covariance", "precision")
+    ],
+)
 def test_agrees_with_dense_laplace(name, form):
     marginal, log_joint, phi = _models(name, form)
     (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)

@@ -175,7 +175,11 @@ class Newton(AbstractInnerSolver):
             value, grad, factor, direction, decrement, ok = evaluate(theta)
             # Rounding has taken over when a full-length step stops shrinking the
             # step: stop there (success is then judged by the decrement).
+            # Far from the mode (large latents, damped steps) the largest entry of
+            # the step need not halve, so this only stops a solve that is already
+            # acceptable.
             stalled = _max_abs(direction) > 0.5 * _max_abs(c.direction)
+            stalled = stalled & acceptable(value, decrement)
             new = _NewtonCarry(
                 theta=theta,
                 value=value,

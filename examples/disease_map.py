@@ -63,7 +63,9 @@ def load(cells: int) -> dict:
     return data
 
 
-def make_marginal(data: dict) -> lapsample.LatentGaussianMarginal:
+def make_model(data: dict):
+    """`(likelihood, covariance, log_prior)` of the model above, phi = (log alpha,
+    log rho)."""
     x = jnp.asarray(data["x"], float)
     sq_dist = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
     n = x.shape[0]
@@ -83,6 +85,11 @@ def make_marginal(data: dict) -> lapsample.LatentGaussianMarginal:
         )
 
     likelihood = lapsample.PoissonLog(data["y"], exposure=data["ye"])
+    return likelihood, covariance, log_prior
+
+
+def make_marginal(data: dict) -> lapsample.LatentGaussianMarginal:
+    likelihood, covariance, log_prior = make_model(data)
     return lapsample.LatentGaussianMarginal(
         likelihood, covariance=covariance, log_prior=log_prior
     )

@@ -3,7 +3,7 @@
 Many hierarchical models have latents that come in independent groups: a random
 intercept and slope per school, per county, per patient. The Hessian of the log joint
 in `theta` is then block diagonal, and a dense Cholesky wastes O(d³) time on zeros.
-`BlockDiagonalHessian(k)` reads all the k × k blocks from only k Hessian-vector
+`MyBlockHessian(k)` reads all the k × k blocks from only k Hessian-vector
 products and factorises them as a batch: O(d k²) time and memory.
 
 The model: groups g = 1…G, each with an intercept and a slope,
@@ -44,7 +44,7 @@ class BlockFactor(lapsample.AbstractFactor):
     positive_definite: Bool[Array, ""]
 
 
-class BlockDiagonalHessian(lapsample.AbstractHessianStrategy):
+class MyBlockHessian(lapsample.AbstractHessianStrategy):
     k: int  # blocks of k consecutive latents, e.g. theta shaped (groups, k)
 
     def blocks(self, fn, theta, phi):  # H @ [e_j in every block] holds every block
@@ -123,10 +123,10 @@ def main(quick: bool = False):
 
     dense = lapsample.LaplaceMarginal(log_joint, theta_init)
     block = lapsample.LaplaceMarginal(
-        log_joint, theta_init, hessian=BlockDiagonalHessian(2)
+        log_joint, theta_init, hessian=MyBlockHessian(2)
     )
     results = {}
-    for name, marginal in [("DenseHessian", dense), ("BlockDiagonalHessian", block)]:
+    for name, marginal in [("DenseHessian", dense), ("MyBlockHessian", block)]:
         (value, aux), grad = value_and_grad(marginal, phi)
         seconds = median_time(value_and_grad, marginal, phi)
         results[name] = (value, grad)
@@ -144,14 +144,14 @@ def main(quick: bool = False):
         theta_init,
         step_size=0.05,
         inverse_mass_matrix=jnp.ones(2),
-        hessian=BlockDiagonalHessian(2),
+        hessian=MyBlockHessian(2),
     )
     _, (states, infos) = lapsample.run_inference_algorithm(
         key_run, sampler, num_steps=num_steps, initial_position=phi
     )
     draws = np.asarray(states.position)
     print(
-        f"NUTS with BlockDiagonalHessian, {num_steps} draws: "
+        f"NUTS with MyBlockHessian, {num_steps} draws: "
         f"posterior mean log_tau {np.round(draws.mean(0), 3)} "
         f"(true {np.round(np.asarray(true_log_tau), 3)}), "
         f"divergences {int(infos.is_divergent.sum())}, "

@@ -122,9 +122,7 @@ def main(quick: bool = False):
     phi = jnp.array([-0.5, -1.0])
 
     dense = lapsample.LaplaceMarginal(log_joint, theta_init)
-    block = lapsample.LaplaceMarginal(
-        log_joint, theta_init, hessian=MyBlockHessian(2)
-    )
+    block = lapsample.LaplaceMarginal(log_joint, theta_init, hessian=MyBlockHessian(2))
     results = {}
     for name, marginal in [("DenseHessian", dense), ("MyBlockHessian", block)]:
         (value, aux), grad = value_and_grad(marginal, phi)

@@ -225,6 +225,29 @@ def test_warm_start_reaches_the_same_mode():
     np.testing.assert_allclose(aux_warm.theta_star, aux_cold.theta_star, atol=1e-9)
 
 
+def test_phi_may_be_a_pytree():
+    lik, _ = _likelihood_cases()["gaussian"]
+    marginal, _, phi = _models("gaussian", "covariance")
+    tree = {"kernel": phi[:2], "shift": phi[2], "log_sigma": phi[3]}
+
+    def flat(p):
+        return jnp.concatenate([p["kernel"], p["shift"][None], p["log_sigma"][None]])
+
+    tree_marginal = ls.LatentGaussianMarginal(
+        lik,
+        covariance=lambda p: _cov(flat(p)),
+        mean=lambda p: _mean(flat(p)),
+        likelihood_params=lambda p: _lik_params(flat(p)),
+        log_prior=lambda p: _log_prior(flat(p)),
+    )
+    (value, _), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)
+    (value_t, _), grad_t = jax.jit(jax.value_and_grad(tree_marginal, has_aux=True))(
+        tree
+    )
+    np.testing.assert_allclose(value_t, value, rtol=1e-13)
+    np.testing.assert_allclose(flat(grad_t), grad, rtol=1e-12)
+
+
 # --------------------------------------------------------------------------------
 # Failures are codes, not exceptions.
 # --------------------------------------------------------------------------------

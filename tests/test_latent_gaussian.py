@@ -294,6 +294,16 @@ def test_bad_construction_raises():
         ls.LatentGaussianMarginal(lik, covariance=_cov, precision=_prec_band)
     with pytest.raises(TypeError, match="AbstractLikelihood"):
         ls.LatentGaussianMarginal(lambda t: t, covariance=_cov)
+    phi = jnp.array([0.2, 0.4])
+    short = ls.LatentGaussianMarginal(ls.PoissonLog(jnp.ones(N - 1)), covariance=_cov)
+    with pytest.raises(ValueError, match="disagree in length|does not accept"):
+        short(phi)
+    marginal = ls.LatentGaussianMarginal(lik, covariance=_cov)
+    with pytest.raises(ValueError, match="must have shape"):
+        marginal(phi, jnp.zeros(N + 1))
+    not_square = ls.LatentGaussianMarginal(lik, covariance=lambda p: _cov(p)[:, :-1])
+    with pytest.raises(ValueError, match="square"):
+        not_square(phi)
 
 
 # --------------------------------------------------------------------------------

@@ -714,14 +714,56 @@ class LatentGaussianMarginal(AbstractMarginal):
             tol,
         )
 
+    def _check_shapes(self, mat, params):
+        # Shapes are static: a mismatch is a user error, reported before compiling.
+        if mat.ndim != 2 or not jnp.issubdtype(mat.dtype, jnp.inexact):
+            raise ValueError(
+                "`covariance(phi)`/`precision(phi)` must return a 2-D floating array, "
+                f"got shape {mat.shape} and dtype {mat.dtype}."
+            )
+        n = mat.shape[1]
+        if self.precision is None and mat.shape != (n, n):
+            raise ValueError(
+                f"`covariance(phi)` must return a square n × n matrix, got shape "
+                f"{mat.shape}."
+            )
+        if self.precision is not None and not 1 <= mat.shape[0] <= n:
+            raise ValueError(
+                "`precision(phi)` must return the lower bands of Q, shape "
+                f"(bandwidth + 1, n) with bandwidth < n, got shape {mat.shape}."
+            )
+        try:
+            out = jax.eval_shape(
+                self.likelihood.derivatives,
+                jax.ShapeDtypeStruct((n,), mat.dtype),
+                params,
+            )
+        except Exception as e:
+            raise ValueError(
+                f"The likelihood does not accept a latent of length {n} (the size of "
+                f"the prior's matrix) with these `likelihood_params`: {e}"
+            ) from e
+        if any(o.shape != (n,) for o in out):
+            raise ValueError(
+                f"The likelihood's derivatives have shapes {[o.shape for o in out]}, "
+                f"not ({n},): the data and the prior's matrix disagree in length."
+            )
+
     def __call__(self, phi, theta_guess=None):
         fns = self._functions()
         # Closed-over tracers become explicit inputs, as custom rules require.
         fns = eqx.filter_closure_convert(fns, phi)
-        mat = jax.eval_shape(fns, phi)[0]
+        mat, _, params = jax.eval_shape(fns, phi)
+        self._check_shapes(mat, params)
         guess = self.theta_init if theta_guess is None else theta_guess
         if guess is not None:
             guess = jnp.asarray(guess, mat.dtype)
+            if guess.shape != (mat.shape[1],):
+                raise ValueError(
+                    f"`theta_init`/`theta_guess` has shape {guess.shape}; the latent "
+                    f"has {mat.shape[1]} entries, so it must have shape "
+                    f"({mat.shape[1]},)."
+                )
         value, theta, result, num_steps = _latent_gaussian_log_marginal(
             phi, fns, self.likelihood, guess, self._settings(mat.dtype)
         )

@@ -369,3 +369,24 @@ def test_float32_newton_converges():
     assert aux.result == ls.RESULTS.successful
     exact = jstats.norm.logpdf(model.y, 0.0, jnp.sqrt(jnp.exp(0.6) + 1.0)).sum()
     np.testing.assert_allclose(float(value), float(exact), rtol=1e-5)
+
+
+def test_newton_is_exact_when_the_log_joint_has_a_large_constant():
+    # A constant in the log joint (here 1e9, e.g. an unnormalised likelihood)
+    # makes the rounding of fn ~1e-7, larger than the decrease Armijo's test
+    # predicts near the mode: the line search then compared noise and stopped
+    # ~1e-5 short of the mode. The mode must not depend on the constant.
+    counts = jnp.array([0.0, 1.0, 3.0, 8.0, 20.0, 2.0, 50.0, 0.0])
+
+    def make(offset):
+        def log_joint(theta, log_sigma):
+            prior = jstats.norm.logpdf(theta, 0.0, jnp.exp(log_sigma)).sum()
+            return offset + prior + jnp.sum(counts * theta - jnp.exp(theta))
+
+        return log_joint
+
+    phi = jnp.array(1.0)
+    _, plain = eqx.filter_jit(ls.LaplaceMarginal(make(0.0), jnp.zeros(8)))(phi)
+    _, shifted = eqx.filter_jit(ls.LaplaceMarginal(make(1e9), jnp.zeros(8)))(phi)
+    assert shifted.result == ls.RESULTS.successful
+    np.testing.assert_allclose(shifted.theta_star, plain.theta_star, atol=1e-9)

@@ -154,8 +154,16 @@ class Newton(AbstractInnerSolver):
             return ~c.done & (c.num_steps < self.max_steps)
 
         def body(c):
+            # Inside the tolerance the predicted decrease is below the rounding of
+            # `fn`, and Armijo's test would only compare noise (and halve the step
+            # to nothing); there the full step is taken unless it visibly
+            # increases `fn`.
+            near = acceptable(c.value, c.decrement)
+            slack = 16 * eps * (1 + jnp.abs(c.value))
+
             def armijo(step, trial):
                 bound = c.value - 1e-4 * step * c.decrement
+                bound = jnp.where(near, jnp.maximum(bound, c.value + slack), bound)
                 return jnp.isfinite(trial) & (trial <= bound)
 
             def ls_cond(ls):

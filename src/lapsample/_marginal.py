@@ -84,8 +84,7 @@ PlainDensity.__init__.__doc__ = """**Arguments:**
 
 def _leaf_paths(tree):
     return [
-        (jtu.keystr(path), leaf)
-        for path, leaf in jtu.tree_flatten_with_path(tree)[0]
+        (jtu.keystr(path), leaf) for path, leaf in jtu.tree_flatten_with_path(tree)[0]
     ]
 
 

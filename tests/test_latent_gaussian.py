@@ -391,8 +391,12 @@ def test_gp_pois_regr_phi_moments():
         num_warmup=500,
         num_samples=1000,
         num_chains=4,
+        sample_theta=True,
         progress_bar=False,
     )
+    # `sample` draws theta from this marginal's own Laplace approximation.
+    assert results.theta.shape == (4, 1000, lik.y.shape[0])
+    assert np.all(np.isfinite(results.theta))
     phi = np.asarray(results.phi)  # (chains, draws, 2)
     for i, name in enumerate(["log_rho", "log_alpha"]):
         draws = phi[..., i]

@@ -94,7 +94,6 @@ def _transition(sampler, run_key, carry: _ChainCarry, step, flags, sample_theta)
     theta = None
     if sample_theta:
         marginal = sampler.marginal
-        assert isinstance(marginal, LaplaceMarginal)
 
         def draw(_):
             return marginal.sample_theta(key_theta, state.position, state.theta_star)
@@ -876,10 +875,12 @@ def sample(
         chunk_size = max(1, math.ceil(total / _TARGET_CHUNKS))
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     chunk_size = min(chunk_size, total)
-    if sample_theta and not isinstance(sampler.marginal, LaplaceMarginal):
+    if sample_theta and not callable(getattr(sampler.marginal, "sample_theta", None)):
         raise ValueError(
-            "`sample_theta=True` needs a `lapsample.LaplaceMarginal` (a latent to "
-            f"draw); the model's marginal is a {type(sampler.marginal).__name__}."
+            "`sample_theta=True` needs a marginal with a latent to draw (a "
+            "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`, "
+            "which have a `sample_theta` method); the model's marginal is a "
+            f"{type(sampler.marginal).__name__}."
         )
     if laplace_check and not isinstance(sampler.marginal, LaplaceMarginal):
         raise ValueError(

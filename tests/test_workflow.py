@@ -172,7 +172,12 @@ def children(tmp_path_factory, cache_dir):
     for proc in procs.values():
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.wait()
+        # Close pipes that no selected test read (e.g. under `-k`), so that no
+        # unclosed-file ResourceWarning turns into an error at teardown.
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
 
 
 def _child_env(cache_dir, **extra):

@@ -1,6 +1,7 @@
 """`lapsample.laplace_check`: importance sampling of the latent against the Laplace
 approximation, on models where the answer is known."""
 
+import functools
 import math
 import warnings
 
@@ -286,6 +287,173 @@ def test_too_many_phi(seed_runs):
 
 
 # --------------------------------------------------------------------------------
+# LatentGaussianMarginal: its own conditional, checked like a LaplaceMarginal.
+# --------------------------------------------------------------------------------
+
+
+_LG_N = 10
+_LG_X = jnp.linspace(0.0, 1.0, _LG_N)
+
+
+def _lg_covariance(phi):
+    # Squared-exponential kernel with a jitter large enough that K⁻¹ is well
+    # conditioned (uᵀK⁻¹u enters the weights, so its rounding must stay small).
+    d = _LG_X[:, None] - _LG_X[None, :]
+    return jnp.exp(-0.5 * d**2 / jnp.exp(2 * phi[0])) + 0.1 * jnp.eye(_LG_N)
+
+
+def _lg_precision(phi):
+    # Stationary AR(1), coefficient tanh(phi[0]), unit innovation sd.
+    r = jnp.tanh(phi[0])
+    diag = jnp.full(_LG_N, 1 + r**2).at[0].set(1.0).at[-1].set(1.0)
+    return jnp.stack([diag, jnp.full(_LG_N, -r)])
+
+
+def _dense_precision(band):
+    q = jnp.diag(band[0])
+    off = jnp.diag(band[1, :-1], -1)
+    return q + off + off.T
+
+
+def _lg_marginal(likelihood, form, **kwargs):
+    matrix = {"covariance": _lg_covariance, "precision": _lg_precision}[form]
+    return ls.LatentGaussianMarginal(
+        likelihood,
+        **{form: matrix},
+        mean=lambda phi: phi[1],
+        log_prior=lambda phi: -0.5 * jnp.sum(phi**2),
+        **kwargs,
+    )
+
+
+_LG_PHIS = jnp.array([[-1.0, 0.0], [0.0, 0.5], [0.5, -0.5]])
+
+
+@pytest.mark.parametrize("form", ["covariance", "precision"])
+def test_exact_latent_gaussian(form):
+    y = jnp.sin(6 * _LG_X) + 0.3 * jr.normal(jr.key(3), (_LG_N,))
+    sigma = 0.5
+    marginal = _lg_marginal(ls.Gaussian(y), form, likelihood_params=lambda phi: sigma)
+    check = ls.laplace_check(marginal, jr.key(0), phi=_LG_PHIS, num_draws=300)
+    # θ | φ, y is Gaussian: the weights are constant to rounding (|log p| ≈ 20).
+    assert np.all(np.abs(check.log_weights) < 1e-10)
+    assert np.all(check.pareto_k == -np.inf)
+    assert np.all(np.abs(check.correction) < 1e-10)
+    assert check.verdict == "good"
+
+    # The Laplace value is the exact log p(y | φ) + log prior(φ).
+    def exact(phi):
+        if form == "covariance":
+            cov = _lg_covariance(phi)
+        else:
+            cov = jnp.linalg.inv(_dense_precision(_lg_precision(phi)))
+        marginal_cov = cov + sigma**2 * jnp.eye(_LG_N)
+        return jstats.multivariate_normal.logpdf(
+            y, jnp.full(_LG_N, phi[1]), marginal_cov
+        ) - 0.5 * jnp.sum(phi**2)
+
+    expected = jax.vmap(exact)(_LG_PHIS)
+    np.testing.assert_allclose(check.laplace_log_marginal, expected, rtol=1e-10)
+
+
+_POISSON_Y = jnp.array([0.0, 1, 3, 0, 2, 5, 1, 0, 0, 2])
+
+
+def _poisson_log_joint(form):
+    """The latent-Gaussian Poisson model written out, for `LaplaceMarginal`."""
+
+    def fn(theta, phi):
+        if form == "covariance":
+            prior = jstats.multivariate_normal.logpdf(
+                theta, jnp.full(_LG_N, phi[1]), _lg_covariance(phi)
+            )
+        else:
+            r = theta - phi[1]
+            q = _dense_precision(_lg_precision(phi))
+            prior = (
+                -0.5 * r @ q @ r
+                + 0.5 * jnp.linalg.slogdet(q)[1]
+                - 0.5 * _LG_N * jnp.log(2 * jnp.pi)
+            )
+        lik = jstats.poisson.logpmf(_POISSON_Y, jnp.exp(theta)).sum()
+        return prior + lik - 0.5 * jnp.sum(phi**2)
+
+    return fn
+
+
+@functools.cache
+def _poisson_checks(form, df):
+    """`laplace_check` of the latent-Gaussian marginal and of the equivalent dense
+    `LaplaceMarginal`, at the same phi with the same key."""
+    lg = _lg_marginal(ls.PoissonLog(_POISSON_Y), form)
+    dense = ls.LaplaceMarginal(
+        _poisson_log_joint(form), jnp.zeros(_LG_N), hessian=ls.DenseHessian()
+    )
+    return tuple(
+        ls.laplace_check(m, jr.key(4), phi=_LG_PHIS, num_draws=1000, df=df)
+        for m in (lg, dense)
+    )
+
+
+@pytest.mark.parametrize("df", [None, pytest.param(5.0, marks=pytest.mark.slow)])
+def test_latent_gaussian_agrees_with_dense_precision_form(df):
+    # Precision form: both marginals draw u = L⁻ᵀ z with L the (unique) Cholesky
+    # factor of Q + W and z from the same keys, so the draws, the weights and the
+    # corrections agree to rounding, not just within Monte Carlo error.
+    lg, dense = _poisson_checks("precision", df)
+    np.testing.assert_allclose(
+        lg.laplace_log_marginal, dense.laplace_log_marginal, rtol=1e-9
+    )
+    np.testing.assert_allclose(lg.log_weights, dense.log_weights, atol=1e-8)
+    np.testing.assert_allclose(lg.correction, dense.correction, atol=1e-9)
+    np.testing.assert_allclose(lg.pareto_k, dense.pareto_k, atol=1e-6)
+    # Poisson is not Gaussian: the weights do vary.
+    assert np.all(np.ptp(lg.log_weights, axis=1) > 1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("df", [None, 5.0])
+def test_latent_gaussian_agrees_with_dense_covariance_form(df):
+    # Covariance form: the latent-Gaussian marginal draws without factorising
+    # K⁻¹ + W (from f ~ N(0, K) and e ~ N(0, I)), so its draws differ from the
+    # dense L⁻ᵀ z; the two corrections are independent estimates of the same
+    # quantity and agree within 4 combined standard errors.
+    lg, dense = _poisson_checks("covariance", df)
+    np.testing.assert_allclose(
+        lg.laplace_log_marginal, dense.laplace_log_marginal, rtol=1e-9
+    )
+    assert np.all(lg.pareto_k < 0.7) and np.all(dense.pareto_k < 0.7)
+    combined = np.hypot(lg.correction_se, dense.correction_se)
+    assert np.all(np.abs(lg.correction - dense.correction) < 4 * combined)
+    assert not np.allclose(lg.log_weights, dense.log_weights)
+
+
+def test_sample_with_laplace_check_latent_gaussian():
+    y = jnp.sin(6 * _LG_X) + 0.3 * jr.normal(jr.key(3), (_LG_N,))
+    marginal = _lg_marginal(
+        ls.Gaussian(y), "precision", likelihood_params=lambda phi: 0.5
+    )
+    results = ls.sample(
+        jr.key(5),
+        marginal,
+        jnp.zeros(2),
+        num_warmup=100,
+        num_samples=4,
+        num_chains=2,
+        progress_bar=False,
+        laplace_check=True,
+    )
+    check = results.laplace_check
+    assert isinstance(check, ls.LaplaceCheckResults)
+    assert check.num_phi == 8
+    chain, draw = check.draw_index.T
+    np.testing.assert_array_equal(check.phi, results.phi[chain, draw])
+    # The Gaussian likelihood makes the Laplace conditional exact.
+    assert np.all(check.pareto_k == -np.inf)
+    assert check.verdict == "good"
+
+
+# --------------------------------------------------------------------------------
 # Bad input.
 # --------------------------------------------------------------------------------
 
@@ -311,6 +479,11 @@ def test_bad_input():
     plain = ls.PlainDensity(lambda p: -0.5 * p**2)
     with pytest.raises(ValueError, match="no latent"):
         ls.laplace_check(plain, key, phi=phi)
+    lg = ls.LatentGaussianMarginal(
+        ls.PoissonLog(jnp.zeros(3)), covariance=lambda phi: jnp.ones((3, 2))
+    )
+    with pytest.raises(ValueError, match="square"):
+        ls.laplace_check(lg, key, phi=phi)
     with pytest.raises(ValueError, match="laplace_check=True"):
         ls.sample(key, plain, jnp.array(0.0), laplace_check=True)
     with pytest.raises(TypeError, match="laplace_check"):

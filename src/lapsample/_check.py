@@ -2,7 +2,8 @@
 the Laplace approximation of `p(theta | phi, y)` can be trusted there."""
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from ._hessian import (
     _hvp,
@@ -20,6 +21,7 @@ from ._hessian import (
     DiagonalFactor,
     LineaxFactor,
 )
+from ._latent_gaussian import LatentGaussianMarginal
 from ._marginal import AbstractMarginal, LaplaceMarginal
 from ._results import RESULTS
 
@@ -375,6 +377,10 @@ class LaplaceCheckResults(eqx.Module):
 # --------------------------------------------------------------------------------
 
 
+# The marginals with a latent to check: each gives a `_Proposal` at one `phi`.
+_CHECKABLE = (LaplaceMarginal, LatentGaussianMarginal)
+
+
 def _quadratic_form(
     strategy: AbstractHessianStrategy, factor: AbstractFactor, fn, theta, phi, u
 ):
@@ -392,27 +398,59 @@ def _quadratic_form(
     return jnp.dot(u, _hvp(fn, theta, phi, u))
 
 
-def _log_weights_one(marginal: LaplaceMarginal, num_draws: int, df, phi, guess, key):
-    """Log-weights relative to the Laplace value at one `phi`:
-    `log p(theta, phi, y) - log q(theta | phi) - laplace(phi)`."""
-    raveller = marginal.raveller
+class _Proposal(NamedTuple):
+    """The Laplace conditional at one `phi`, as the check uses it (each marginal
+    with a latent builds one)."""
+
+    value: Array  # the Laplace log marginal at phi
+    result: Any  # RESULTS of the solve and factorisation
+    theta_star: Array  # the mode, flat
+    log_joint: Callable  # flat theta -> log p(theta, phi, y) (up to a constant)
+    draw: Callable  # key -> u ~ N(0, A⁻¹), A the negative Hessian at the mode
+    quadratic_form: Callable  # u -> uᵀ A u, consistent with `draw`
+
+
+def _laplace_marginal_proposal(marginal: LaplaceMarginal, phi, guess) -> _Proposal:
     value, aux = marginal(phi, guess)
-    theta = raveller.ravel(aux.theta_star)
+    theta = marginal.raveller.ravel(aux.theta_star)
     fn = marginal._negative_log_joint(theta, phi)
     strategy = marginal.hessian
     factor = strategy.factorise(fn, theta, phi)
+    result = RESULTS.where(
+        factor.positive_definite, aux.result, RESULTS.hessian_not_positive_definite
+    )
+    return _Proposal(
+        value,
+        result,
+        theta,
+        lambda t: -fn(t, phi),
+        lambda k: strategy.sample(factor, k),
+        lambda u: _quadratic_form(strategy, factor, fn, theta, phi, u),
+    )
+
+
+def _proposal(marginal, phi, guess) -> _Proposal:
+    if isinstance(marginal, LaplaceMarginal):
+        return _laplace_marginal_proposal(marginal, phi, guess)
+    return _Proposal(*marginal._laplace_proposal(phi, guess))
+
+
+def _log_weights_one(marginal, num_draws: int, df, phi, guess, key):
+    """Log-weights relative to the Laplace value at one `phi`:
+    `log p(theta, phi, y) - log q(theta | phi) - laplace(phi)`."""
+    proposal = _proposal(marginal, phi, guess)
+    theta = proposal.theta_star
     d = theta.shape[0]
     draw_key, scale_key = jr.split(key)
-    u = jax.vmap(lambda k: strategy.sample(factor, k))(jr.split(draw_key, num_draws))
+    u = jax.vmap(proposal.draw)(jr.split(draw_key, num_draws))
     if df is not None:
         # Student-t with the same centre and scale: u / sqrt(chi²_df / df).
         chi2 = 2.0 * jr.gamma(scale_key, df / 2.0, (num_draws,), dtype=u.dtype)
         u = u * jnp.sqrt(df / chi2)[:, None]
-    quad = jax.vmap(lambda v: _quadratic_form(strategy, factor, fn, theta, phi, v))(u)
-    f0 = fn(theta, phi)
-    f = jax.vmap(lambda v: fn(theta + v, phi))(u)
+    quad = jax.vmap(proposal.quadratic_form)(u)
+    lp0 = proposal.log_joint(theta)
     # log p(theta) - log p(theta*) ...
-    log_ratio = f0 - f
+    log_ratio = jax.vmap(lambda v: proposal.log_joint(theta + v))(u) - lp0
     # ... minus log q(theta) - log q_Gauss(theta*); the normalisers of q and of the
     # Laplace value share log det H, which cancels.
     if df is None:
@@ -426,10 +464,7 @@ def _log_weights_one(marginal: LaplaceMarginal, num_draws: int, df, phi, guess, 
         log_w = log_ratio + 0.5 * (df + d) * jnp.log1p(quad / df) - const
     # A draw where the model is NaN counts as zero density, as in the sampler.
     log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)
-    result = RESULTS.where(
-        factor.positive_definite, aux.result, RESULTS.hessian_not_positive_definite
-    )
-    return value, log_w, result, f0
+    return proposal.value, log_w, proposal.result, -lp0
 
 
 @eqx.filter_jit
@@ -534,7 +569,11 @@ def laplace_check(
     **Arguments:**
 
     - `results_or_marginal`: a [`lapsample.SampleResults`][] whose marginal is a
-      [`lapsample.LaplaceMarginal`][], or a `LaplaceMarginal` together with `phi`.
+      [`lapsample.LaplaceMarginal`][] or a [`lapsample.LatentGaussianMarginal`][],
+      or such a marginal together with `phi`. For the latent-Gaussian marginal,
+      `log p(theta, phi, y)` is the Gaussian (or GMRF) prior density plus the
+      likelihood's terms plus `log_prior(phi)`, and `H = K⁻¹ + W` (or `Q + W`);
+      the draws are those of its `sample_theta`.
     - `key`: a JAX PRNG key.
     - `phi`: the values to check, a PyTree like one `phi` with an extra leading
       axis (required with a marginal; with results it replaces the draws).
@@ -588,13 +627,14 @@ def laplace_check(
     else:
         raise TypeError(
             "`laplace_check` takes a `lapsample.SampleResults` or a "
-            "`lapsample.LaplaceMarginal` (with `phi=`), got "
+            "`lapsample.LaplaceMarginal`/`LatentGaussianMarginal` (with `phi=`), got "
             f"{type(results_or_marginal).__name__}."
         )
-    if not isinstance(marginal, LaplaceMarginal):
+    if not isinstance(marginal, _CHECKABLE):
         raise ValueError(
-            "`laplace_check` needs a `lapsample.LaplaceMarginal`: there is no latent "
-            f"to check in a {type(marginal).__name__}."
+            "`laplace_check` needs a `lapsample.LaplaceMarginal` or a "
+            "`lapsample.LatentGaussianMarginal`: there is no latent to check in a "
+            f"{type(marginal).__name__}."
         )
     key = _check_key(key)
     draw_index = None
@@ -626,7 +666,11 @@ def laplace_check(
         ),
         phi,
     )
-    marginal.check(jtu.tree_map(lambda x: jnp.asarray(x[0]), phi))
+    first = jtu.tree_map(lambda x: jnp.asarray(x[0]), phi)
+    if isinstance(marginal, LaplaceMarginal):
+        marginal.check(first)
+    else:
+        jax.eval_shape(marginal, first)  # shape errors, before compiling
     if guesses is None:
         guesses = jtu.tree_map(
             lambda x: np.broadcast_to(np.asarray(x), (count, *np.shape(x))),

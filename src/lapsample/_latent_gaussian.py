@@ -804,20 +804,84 @@ class LatentGaussianMarginal(AbstractMarginal):
         """
         mat, _, params = self._functions()(phi)
         theta_star = jnp.asarray(theta_star, mat.dtype)
-        _, _, d2, _ = self.likelihood.derivatives(theta_star, params)
-        w = -d2
-        n = theta_star.shape[0]
+        w = -self.likelihood.derivatives(theta_star, params)[2]
+        draw, _, _ = self._conditional(mat, w)
+        return theta_star + draw(key)
+
+    def _conditional(self, mat, w):
+        """The Laplace conditional about its mode, factorised once: `(draw,
+        quadratic_form, log_prior_density)` with `draw: key -> u ~ N(0, A⁻¹)`,
+        `quadratic_form: u -> uᵀ A u` for `A = K⁻¹ + W` (or `Q + W`), and
+        `log_prior_density: r -> log N(m + r; m, K)` (or with precision `Q`). NaN
+        where a factorisation fails."""
+        n = w.shape[0]
+        half_log_2pi = 0.5 * n * jnp.log(2 * jnp.pi)
         if self.precision is not None:
             factor = band_cholesky(band_add_diagonal(mat, w))
-            z = jr.normal(key, (n,), mat.dtype)
-            return theta_star + _band_backward(factor, z)
-        key_f, key_e = jr.split(key)
-        lower, sqrt_w = _b_factor(mat, w)
-        chol_k = jnp.linalg.cholesky(mat)
-        f = chol_k @ jr.normal(key_f, (n,), mat.dtype)
-        h = f + mat @ (sqrt_w * jr.normal(key_e, (n,), mat.dtype))
-        r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
-        return theta_star + h - mat @ r_h
+            half_logdet_q = 0.5 * band_logdet(band_cholesky(mat))
+
+            def draw(key):
+                return _band_backward(factor, jr.normal(key, (n,), mat.dtype))
+
+            def prior_quadratic(u):
+                return jnp.dot(u, band_matvec(mat, u))
+
+            def log_prior_density(r):
+                return -0.5 * prior_quadratic(r) + half_logdet_q - half_log_2pi
+
+        else:
+            lower, sqrt_w = _b_factor(mat, w)
+            chol_k = jnp.linalg.cholesky(mat)
+            half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
+
+            def draw(key):
+                # f ~ N(0, K) and e ~ N(0, I): h = f + K W½ e has covariance
+                # K + K W K, and h - K R h (R = W½ B⁻¹ W½) has (K⁻¹ + W)⁻¹.
+                key_f, key_e = jr.split(key)
+                f = chol_k @ jr.normal(key_f, (n,), mat.dtype)
+                h = f + mat @ (sqrt_w * jr.normal(key_e, (n,), mat.dtype))
+                r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
+                return h - mat @ r_h
+
+            def prior_quadratic(u):
+                z = jsl.solve_triangular(chol_k, u, lower=True)
+                return jnp.dot(z, z)
+
+            def log_prior_density(r):
+                return -0.5 * prior_quadratic(r) - half_logdet_k - half_log_2pi
+
+        def quadratic_form(u):
+            return prior_quadratic(u) + jnp.dot(w * u, u)
+
+        return draw, quadratic_form, log_prior_density
+
+    def _laplace_proposal(self, phi, theta_guess):
+        """What [`lapsample.laplace_check`][] needs at `phi`: `(value, result,
+        theta_star, log_joint, draw, quadratic_form)`, with `log_joint: theta ->
+        log p(theta, phi, y)` and `draw`, `quadratic_form` as in `_conditional`."""
+        value, aux = self(phi, theta_guess)
+        mat, mean, params = self._functions()(phi)
+        theta_star = aux.theta_star
+        w = -self.likelihood.derivatives(theta_star, params)[2]
+        draw, quadratic_form, log_prior_density = self._conditional(mat, w)
+        log_prior = (
+            jnp.zeros((), mat.dtype)
+            if self.log_prior is None
+            else jnp.asarray(self.log_prior(phi), mat.dtype)
+        )
+
+        def log_joint(theta):
+            return (
+                log_prior_density(theta - mean)
+                + jnp.sum(self.likelihood.derivatives(theta, params)[0])
+                + log_prior
+            )
+
+        # The prior's own factorisation (of K, or of Q for its log-determinant) can
+        # fail where the solve did not: no draws or densities there.
+        ok = jnp.isfinite(log_joint(theta_star)) | (aux.result != RESULTS.successful)
+        result = RESULTS.where(ok, aux.result, RESULTS.hessian_not_positive_definite)
+        return value, result, theta_star, log_joint, draw, quadratic_form
 
 
 LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**

@@ -27,7 +27,7 @@ from ._adaptation import (
     StepFlags,
     welford_init,
 )
-from ._check import laplace_check as _laplace_check
+from ._check import _CHECKABLE, laplace_check as _laplace_check
 from ._marginal import AbstractMarginal, LaplaceMarginal
 from ._metric import DenseMetric, DiagonalMetric
 from ._misc import TreeRaveller
@@ -882,10 +882,11 @@ def sample(
             "which have a `sample_theta` method); the model's marginal is a "
             f"{type(sampler.marginal).__name__}."
         )
-    if laplace_check and not isinstance(sampler.marginal, LaplaceMarginal):
+    if laplace_check and not isinstance(sampler.marginal, _CHECKABLE):
         raise ValueError(
-            "`laplace_check=True` needs a `lapsample.LaplaceMarginal` (a latent to "
-            f"check); the model's marginal is a {type(sampler.marginal).__name__}."
+            "`laplace_check=True` needs a `lapsample.LaplaceMarginal` or a "
+            "`lapsample.LatentGaussianMarginal` (a latent to check); the model's "
+            f"marginal is a {type(sampler.marginal).__name__}."
         )
     base_mass = _inverse_mass_array(sampler)
     if dense_mass is None:

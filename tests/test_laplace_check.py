@@ -428,6 +428,8 @@ def test_latent_gaussian_agrees_with_dense_covariance_form(df):
     assert not np.allclose(lg.log_weights, dense.log_weights)
 
 
+# Slow: a full `sample` compilation (~20 s on 2 cores).
+@pytest.mark.slow
 def test_sample_with_laplace_check_latent_gaussian():
     y = jnp.sin(6 * _LG_X) + 0.3 * jr.normal(jr.key(3), (_LG_N,))
     marginal = _lg_marginal(

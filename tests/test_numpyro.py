@@ -86,6 +86,8 @@ def test_split_and_initialisation(schools):
         assert np.all(np.abs(np.asarray(value)) <= 2.0)
 
 
+# Slow: a full `sample` compilation (~30 s on 2 cores) for a plumbing check.
+@pytest.mark.slow
 def test_sample_takes_the_model_and_names_the_sites(schools, tmp_path):
     # `sample` starts at the model's own initialisation and the results show the
     # sites in their constrained space: `tau`, not log tau. A short run: names,

@@ -293,6 +293,8 @@ def _nan_gradient_log_joint(theta, log_sigma):
     return MODEL(theta, log_sigma) + _nan_slope(log_sigma)
 
 
+# Slow: two sampler compilations (~16 s on 2 cores).
+@pytest.mark.slow
 def test_nan_gradient_is_rejected_and_chains_are_independent():
     sampler = ls.laplace_nuts(
         _nan_gradient_log_joint,

@@ -18,8 +18,30 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 600
 
 
+# The examples of the README and the extension guide run in the fast suite; the
+# larger ones (each compiles a model of its own in a fresh process, 25-60 s on 2
+# cores) run in the slow suite, so that CI still runs every example.
+FAST = {
+    "quickstart.py",
+    "seed_walkthrough.py",
+    "custom_hessian_strategy.py",
+    "custom_proposal.py",
+}
+
+
 def _example_files() -> list[pathlib.Path]:
     return sorted(EXAMPLES.glob("*.py"))
+
+
+def _example_params():
+    return [
+        pytest.param(
+            path,
+            id=path.name,
+            marks=() if path.name in FAST else pytest.mark.slow,
+        )
+        for path in _example_files()
+    ]
 
 
 def test_examples_exist():
@@ -28,7 +50,7 @@ def test_examples_exist():
     assert expected <= names
 
 
-@pytest.mark.parametrize("path", _example_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _example_params())
 def test_example_runs(path: pathlib.Path, tmp_path: pathlib.Path):
     source = path.read_text()
     command = [sys.executable, str(path)]

@@ -242,6 +242,31 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
     )
 
 
+def _backtrack(trial_value, value, decrement, full, settings, dtype):
+    """Halve the step from 1 until Armijo's condition holds for the maximised
+    objective; returns `(step, accepted)`. With `full` (the decrement is already
+    within tolerance, so the objective's change is rounding noise) the full step is
+    taken if finite, rather than creeping along on noise."""
+
+    def armijo(step, trial):
+        return jnp.isfinite(trial) & (trial >= value + 1e-4 * step * decrement)
+
+    def ls_cond(ls):
+        step, trial, k = ls
+        return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
+
+    def ls_body(ls):
+        step, _, k = ls
+        step = 0.5 * step
+        return step, trial_value(step), k + 1
+
+    one = jnp.ones((), dtype)
+    step, trial, _ = jax.lax.while_loop(
+        ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
+    )
+    return step, armijo(step, trial) | (full & jnp.isfinite(trial))
+
+
 def _newton_cov(lik, params, cov, mean, theta_guess, settings: _Settings):
     dtype = cov.dtype
     n = cov.shape[0]
@@ -286,28 +311,9 @@ def _newton_cov(lik, params, cov, mean, theta_guess, settings: _Settings):
         def trial_value(step):
             return _cov_psi(lik, params, mean, s.a + step * da, s.theta + step * dtheta)
 
-        def armijo(step, trial):
-            return jnp.isfinite(trial) & (trial >= s.value + 1e-4 * step * s.decrement)
-
-        # Once the decrement is within tolerance the objective's change is
-        # rounding noise: take the full step (it is what makes the step
-        # negligible) rather than creeping along on noise.
-        full = acceptable(s)
-
-        def ls_cond(ls):
-            step, trial, k = ls
-            return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
-
-        def ls_body(ls):
-            step, _, k = ls
-            step = 0.5 * step
-            return step, trial_value(step), k + 1
-
-        one = jnp.ones((), dtype)
-        step, trial, _ = jax.lax.while_loop(
-            ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
+        step, accepted = _backtrack(
+            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
         )
-        accepted = armijo(step, trial) | (full & jnp.isfinite(trial))
         new = _cov_evaluate(
             lik,
             params,
@@ -415,28 +421,9 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
         def trial_value(step):
             return _prec_psi(lik, params, band, mean, s.theta + step * s.direction)
 
-        def armijo(step, trial):
-            return jnp.isfinite(trial) & (trial >= s.value + 1e-4 * step * s.decrement)
-
-        # Once the decrement is within tolerance the objective's change is
-        # rounding noise: take the full step (it is what makes the step
-        # negligible) rather than creeping along on noise.
-        full = acceptable(s)
-
-        def ls_cond(ls):
-            step, trial, k = ls
-            return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
-
-        def ls_body(ls):
-            step, _, k = ls
-            step = 0.5 * step
-            return step, trial_value(step), k + 1
-
-        one = jnp.ones((), dtype)
-        step, trial, _ = jax.lax.while_loop(
-            ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
+        step, accepted = _backtrack(
+            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
         )
-        accepted = armijo(step, trial) | (full & jnp.isfinite(trial))
         new = _prec_evaluate(
             lik, params, band, mean, s.theta + step * s.direction, s.num_steps + 1
         )

@@ -17,7 +17,7 @@ import pytest
 import lapsample as ls
 
 from ._sampler_helpers import check_mixing, mcse
-from .helpers import central_difference_grad, shared_json
+from .helpers import central_difference_grad, disease_map_100, shared_json
 
 
 # --------------------------------------------------------------------------------
@@ -412,50 +412,10 @@ def test_gp_pois_regr_phi_moments():
 # --------------------------------------------------------------------------------
 
 
-def _inv_gamma_logpdf(v, shape, scale):
-    return (
-        shape * jnp.log(scale)
-        - jax.scipy.special.gammaln(shape)
-        - (shape + 1) * jnp.log(v)
-        - scale / v
-    )
-
-
 def test_disease_map_100_agrees_with_dense():
-    data = shared_json("margossian", "disease_map_100.json")
-    x = jnp.asarray(data["x"], float)
-    y = jnp.asarray(data["y"], float)
-    ye = jnp.asarray(data["ye"], float)
-    rho_shape, rho_scale = data["rho_alpha_prior"], data["rho_beta_prior"]
-    sq_dist = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
-    n = x.shape[0]
-
-    def cov(phi):
-        alpha, rho = jnp.exp(phi[0]), jnp.exp(phi[1])
-        return alpha**2 * jnp.exp(-sq_dist / (2 * rho**2)) + 1e-8 * jnp.eye(n)
-
-    def log_prior(phi):
-        alpha, rho = jnp.exp(phi[0]), jnp.exp(phi[1])
-        return (
-            _inv_gamma_logpdf(alpha, 10.0, 10.0)
-            + phi[0]
-            + _inv_gamma_logpdf(rho, rho_shape, rho_scale)
-            + phi[1]
-        )
-
-    lik = ls.PoissonLog(y, exposure=ye)
-
-    def log_joint(theta, phi):
-        chol = jnp.linalg.cholesky(cov(phi))
-        white = jsl.solve_triangular(chol, theta, lower=True)
-        return (
-            log_prior(phi)
-            - 0.5 * jnp.dot(white, white)
-            - jnp.sum(jnp.log(jnp.diagonal(chol)))
-            - 0.5 * n * math.log(2 * math.pi)
-            + lik.log_density(theta, None)
-        )
-
+    log_joint = disease_map_100()
+    n, cov, log_prior = log_joint.n, log_joint.covariance, log_joint.log_prior
+    lik = ls.PoissonLog(log_joint.y, exposure=log_joint.ye)
     phi = jnp.array([math.log(0.8), math.log(6.0)])
     marginal = ls.LatentGaussianMarginal(lik, covariance=cov, log_prior=log_prior)
     (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)

@@ -5,14 +5,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import jax.scipy.stats as jstats
 import numpy as np
 import pytest
 
 import lapsample as ls
 
-from .helpers import oracle_log_marginal, shared_json
+from .helpers import disease_map_100, oracle_log_marginal, shared_json
 
 
 def _points(case):
@@ -98,46 +97,10 @@ def test_gp_pois_regr_test_points():
 # --------------------------------------------------------------------------------
 
 
-def _inv_gamma_logpdf(v, shape, scale):
-    return (
-        shape * jnp.log(scale)
-        - jax.scipy.special.gammaln(shape)
-        - (shape + 1) * jnp.log(v)
-        - scale / v
-    )
-
-
 @pytest.fixture(scope="module")
 def disease_map():
-    data = shared_json("margossian", "disease_map_100.json")
-    x = jnp.asarray(data["x"], float)
-    y = jnp.asarray(data["y"], float)
-    ye = jnp.asarray(data["ye"], float)
-    rho_shape, rho_scale = data["rho_alpha_prior"], data["rho_beta_prior"]
-    sq_dist = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
-    n = x.shape[0]
-
-    def log_joint(theta, phi):
-        log_alpha, log_rho = phi[0], phi[1]
-        alpha, rho = jnp.exp(log_alpha), jnp.exp(log_rho)
-        cov = alpha**2 * jnp.exp(-sq_dist / (2 * rho**2)) + 1e-8 * jnp.eye(n)
-        chol = jnp.linalg.cholesky(cov)
-        white = jsl.solve_triangular(chol, theta, lower=True)
-        log_prior_theta = (
-            -0.5 * jnp.dot(white, white)
-            - jnp.sum(jnp.log(jnp.diagonal(chol)))
-            - 0.5 * n * math.log(2 * math.pi)
-        )
-        log_prior_phi = (
-            _inv_gamma_logpdf(alpha, 10.0, 10.0)
-            + log_alpha
-            + _inv_gamma_logpdf(rho, rho_shape, rho_scale)
-            + log_rho
-        )
-        rate = ye * jnp.exp(theta)
-        return log_prior_phi + log_prior_theta + jstats.poisson.logpmf(y, rate).sum()
-
-    return log_joint, n
+    model = disease_map_100()
+    return model, model.n
 
 
 def test_disease_map_strategies_and_oracle_agree(disease_map):

@@ -217,25 +217,43 @@ def bench_gp(d: int, repeats: int) -> dict:
 # --------------------------------------------------------------------------------
 
 
-def full_run(cells: int) -> dict:
+def full_run(cells: int, chunk_size: int = 40) -> dict:
+    """4 chains × (1000 warm-up + 1000 draws). A short run with the same chunk
+    length compiles first, so `wall_s` is the run alone; `first_call_s` is the
+    short run (compilation + 2 chunks per chain)."""
+    import arviz as az
+
     latent, _, _ = disease_map_models(cells)
-    start = time.perf_counter()
-    results = lapsample.sample(
-        jr.key(0),
-        latent,
-        jnp.array([0.0, math.log(5.0)]),
-        num_warmup=1000,
-        num_samples=1000,
-        num_chains=4,
-        progress_bar=False,
-    )
-    wall = time.perf_counter() - start
+    phi0 = jnp.array([0.0, math.log(5.0)])
+
+    def run(key, num_warmup, num_samples):
+        start = time.perf_counter()
+        results = lapsample.sample(
+            key,
+            latent,
+            phi0,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=4,
+            chunk_size=chunk_size,
+            progress_bar=False,
+        )
+        return results, time.perf_counter() - start
+
+    _, first = run(jr.key(1), chunk_size, chunk_size)
+    results, wall = run(jr.key(0), 1000, 1000)
     steps = np.asarray(results.sample_stats["n_steps"])
+    phi = np.asarray(results.phi)
     return dict(
         cells=cells,
+        first_call_s=first,
         wall_s=wall,
         mean_steps=float(steps.mean()),
         divergences=int(np.asarray(results.num_divergences).sum()),
+        inner_failures=int(np.asarray(results.num_inner_failures).sum()),
+        ess=[float(az.ess(phi[:, :, i], method="bulk")) for i in range(phi.shape[2])],
+        rhat=[float(az.rhat(phi[:, :, i])) for i in range(phi.shape[2])],
+        chain_method="sequential" if jax.default_backend() == "cpu" else "vectorized",
     )
 
 
@@ -245,6 +263,9 @@ def main():
     parser.add_argument("--cells", type=int, default=911, choices=(100, 250, 911))
     parser.add_argument("--gp-size", type=int, default=1000)
     parser.add_argument("--full-run", type=int, default=None, choices=(100, 250, 911))
+    parser.add_argument(
+        "--only-full-run", action="store_true", help="skip the value+grad tables"
+    )
     args = parser.parse_args()
     cells, gp_size, repeats = args.cells, args.gp_size, 7
     if args.quick:
@@ -254,6 +275,9 @@ def main():
         "float64"
     )
 
+    if args.only_full_run:
+        _print_full_run(args.full_run)
+        return
     print(
         "\n| model | n | latent-Gaussian value (ms) | latent-Gaussian value+grad (ms) "
         "| dense value+grad (ms) | dense / latent | value rel. diff | grad rel. diff |"
@@ -280,13 +304,25 @@ def main():
         f"{g['ratio']:.2f} | {g['floor_ms']:.4g} | {g['vg_over_floor']:.2f} |"
     )
 
-    if args.full_run is not None and DATA.is_dir():
-        f = full_run(args.full_run)
-        print(
-            f"\nfull run, {f['cells']} cells, 4 chains x (1000 warm-up + 1000 draws): "
-            f"{f['wall_s']:.0f} s including compilation; mean leapfrog steps per "
-            f"iteration {f['mean_steps']:.1f}; divergences {f['divergences']}"
-        )
+    _print_full_run(args.full_run)
+
+
+def _print_full_run(cells):
+    if cells is None:
+        return
+    if not DATA.is_dir():
+        print(f"(full run skipped: {DATA} is absent)")
+        return
+    f = full_run(cells)
+    print(
+        f"\nfull run, {f['cells']} cells, 4 chains x (1000 warm-up + 1000 draws), "
+        f"chains {f['chain_method']}: {f['wall_s']:.0f} s compiled (first call, "
+        f"compilation + 2 x 40 iterations: {f['first_call_s']:.0f} s); mean "
+        f"leapfrog steps per iteration {f['mean_steps']:.1f}; divergences "
+        f"{f['divergences']}; failed inner solves {f['inner_failures']}; bulk ESS "
+        f"{', '.join(f'{e:.0f}' for e in f['ess'])}; R-hat "
+        f"{', '.join(f'{r:.3f}' for r in f['rhat'])}"
+    )
 
 
 if __name__ == "__main__":

@@ -67,11 +67,19 @@ def make_potential(y):
     return potential
 
 
-def run(num_steps, num_warmup, num_samples, num_chains, seed, max_tree_depth=10):
+def run(
+    num_steps,
+    num_warmup,
+    num_samples,
+    num_chains,
+    seed,
+    target_accept_prob=0.9,
+    max_tree_depth=10,
+):
     y = simulate(num_steps)
     kernel = NUTS(
         potential_fn=make_potential(y),
-        target_accept_prob=0.9,
+        target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
     )
     mcmc = MCMC(

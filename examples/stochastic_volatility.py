@@ -117,8 +117,16 @@ def main(quick: bool = False):
 
     size = {"num_warmup": 100, "num_samples": 100, "num_chains": 2} if quick else {}
     start = time.perf_counter()
+    # logit rho and log sigma are strongly correlated a posteriori (about -0.8):
+    # with three hyperparameters a dense metric costs nothing and roughly doubles
+    # their ESS per draw.
     results = lapsample.sample(
-        jax.random.key(0), marginal, PHI_INIT, progress_bar=False, **size
+        jax.random.key(0),
+        marginal,
+        PHI_INIT,
+        dense_mass=True,
+        progress_bar=False,
+        **size,
     )
     print(f"lapsample.sample: {time.perf_counter() - start:.1f} s")
     results.print_summary()

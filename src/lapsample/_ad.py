@@ -11,8 +11,9 @@ Backward pass, for a cotangent `ḡ` on `m` and `θ̄` on `theta*`:
   derivatives as `log det A` (the strategy's `logdet_surrogate`);
 - `dθ*/dφ = -A⁻¹ ∂_φ∇_θ fn` (implicit function theorem), contracted first: one solve
   `A u = ½ ḡ ∂_θT - θ̄` with the stored factor;
-- `∇_φ = ∂_φ[-ḡ fn(θ*, φ) - ½ ḡ T(θ*, φ) + ⟨u, ∇_θ fn(θ*, φ)⟩]`, one pass over the
-  model's phi-path, in forward mode (phi is small).
+- `∇_φ = ∂_φ[-ḡ fn(θ*, φ) - ½ ḡ T(θ*, φ) + ⟨u, ∇_θ fn(θ*, φ)⟩]`: `∂_φ T` comes
+  from the same reverse pass as `∂_θ T` (the only pass through third
+  derivatives), the rest from one more reverse pass.
 
 One Hessian and one factorisation per evaluation: the inner solver returns the factor
 at `theta*`, and nothing else factorises.
@@ -82,7 +83,11 @@ def _laplace_bwd(residuals, cotangents, perturbed, phi, fn, theta0, inner, hessi
     def surrogate(t, p):
         return hessian.logdet_surrogate(factor, fn, t, p)
 
-    d_surrogate_d_theta = jax.grad(surrogate)(theta, phi)
+    # One reverse pass through the surrogate (third derivatives of the model)
+    # gives its derivatives in theta and in phi together.
+    d_surrogate_d_theta, d_surrogate_d_phi = jax.grad(surrogate, argnums=(0, 1))(
+        theta, phi
+    )
     rhs = 0.5 * value_bar * d_surrogate_d_theta
     if theta_bar is not None:
         rhs = rhs - theta_bar
@@ -91,16 +96,13 @@ def _laplace_bwd(residuals, cotangents, perturbed, phi, fn, theta0, inner, hessi
 
     def phi_terms(p_flat):
         p = unravel_phi(p_flat)
-        return (
-            -value_bar * fn(theta, p)
-            - 0.5 * value_bar * surrogate(theta, p)
-            + jnp.dot(u, grad_theta_fn(theta, p))
-        )
+        return -value_bar * fn(theta, p) + jnp.dot(u, grad_theta_fn(theta, p))
 
     if phi_flat.size == 0:
         grad_flat = phi_flat
     else:
-        grad_flat = jax.jacfwd(phi_terms)(phi_flat)
+        grad_flat = jax.grad(phi_terms)(phi_flat)
+        grad_flat = grad_flat - 0.5 * value_bar * ravel_pytree(d_surrogate_d_phi)[0]
     # A failed evaluation (value -inf) gets a zero gradient; a successful one keeps
     # whatever it computed, so a non-finite gradient is still seen by the sampler.
     grad_flat = jnp.where(ok, grad_flat, jnp.zeros_like(grad_flat))

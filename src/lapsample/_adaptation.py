@@ -333,23 +333,25 @@ def find_reasonable_step_size(
         ok = jnp.isfinite(h) & (failures == 0)
         return jnp.where(ok, h0 - h, -jnp.inf)
 
-    grow = energy_change(step_size, jr.fold_in(key, 0)) > threshold
-
+    # One call site of the integrator (each one is a copy of the marginal's
+    # compiled code): the first trip only decides the direction of the search.
     def cond(carry):
-        i, eps, done = carry
+        i, eps, done, _ = carry
         in_range = (eps > _MIN_STEP_SIZE) & (eps < _MAX_STEP_SIZE)
         return ~done & (i < _MAX_SEARCH_ITERATIONS) & in_range
 
     def body(carry):
-        i, eps, done = carry
+        i, eps, _, grow = carry
         change = energy_change(eps, jr.fold_in(key, i))
+        grow = jnp.where(i == 0, change > threshold, grow)
         stop = jnp.where(grow, ~(change > threshold), ~(change < threshold))
+        stop = stop & (i > 0)
         factor = jnp.where(grow, 2.0, 0.5).astype(eps.dtype)
-        return i + 1, jnp.where(stop, eps, eps * factor), stop
+        eps = jnp.where(stop | (i == 0), eps, eps * factor)
+        return i + 1, eps, stop, grow
 
-    _, eps, _ = jax.lax.while_loop(
-        cond, body, (jnp.ones((), jnp.int32), step_size, jnp.array(False))
-    )
+    init = (jnp.zeros((), jnp.int32), step_size, jnp.array(False), jnp.array(False))
+    _, eps, _, _ = jax.lax.while_loop(cond, body, init)
     return jnp.clip(eps, _MIN_STEP_SIZE, _MAX_STEP_SIZE).astype(step_size.dtype)
 
 

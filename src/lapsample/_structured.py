@@ -101,6 +101,22 @@ def _mT(x):
     return jnp.swapaxes(x, -1, -2)
 
 
+# Products of small blocks as broadcast multiply-and-sum rather than `@`: on CPU a
+# `dot` of 1 × 1 or 2 × 2 blocks is a library call per product (about 30 ns each
+# inside a scan, several times the arithmetic), while the elementwise form fuses
+# with its neighbours. For bandwidth 1 the scans below become scalar recurrences.
+
+
+def _mm(a: Array, b: Array) -> Array:
+    """`a @ b` for stacks of small matrices."""
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+def _mv(a: Array, x: Array) -> Array:
+    """`a @ x` for stacks of small matrices `a (..., p, q)` and vectors `x (..., q)`."""
+    return jnp.sum(a * x[..., None, :], axis=-1)
+
+
 def _check_int(value, name: str, cls: str):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
@@ -178,8 +194,8 @@ class BlockDiagonalHessian(AbstractStructuredHessian):
             z = probe_vector(theta)
             hz = _hvp(fn, theta, phi, z)
             zb = z.reshape(blocks.shape[:2])
-            bz = jnp.einsum("gij,gj->gi", blocks, zb).ravel()
-            scale = jnp.einsum("gij,gj->gi", jnp.abs(blocks), jnp.abs(zb)).ravel()
+            bz = _mv(blocks, zb).ravel()
+            scale = _mv(jnp.abs(blocks), jnp.abs(zb)).ravel()
             structure_ok = structure_agrees(hz, bz, scale)
         else:
             structure_ok = jnp.array(True)
@@ -213,7 +229,7 @@ class BlockDiagonalHessian(AbstractStructuredHessian):
     def logdet_surrogate(self, factor, fn, theta, phi):
         lower = jax.lax.stop_gradient(factor.lower)
         inverse_lower = _forward_substitute(lower, _identity_like(lower))
-        inverse = _mT(inverse_lower) @ inverse_lower  # A₀⁻¹, block by block
+        inverse = _mm(_mT(inverse_lower), inverse_lower)  # A₀⁻¹, block by block
         return jnp.sum(inverse * self._blocks(fn, theta, phi))
 
 
@@ -237,10 +253,12 @@ class BandedFactor(AbstractStructuredFactor):
     """The factor of [`lapsample.BandedHessian`][], in block-tridiagonal form with
     blocks of `bandwidth` consecutive latents (the last padded with the identity):
     `A = L Lᵀ` with `L` block lower bidiagonal, diagonal blocks `lower[I]` and
-    sub-diagonal blocks `sub[I] = L[I, I-1]` (`sub[0] = 0`)."""
+    sub-diagonal blocks `sub[I] = L[I, I-1]` (`sub[0] = 0`), and the inverses
+    `inverse_lower[I] = lower[I]⁻¹` of the diagonal blocks."""
 
     lower: Float[Array, "blocks b b"]
     sub: Float[Array, "blocks b b"]
+    inverse_lower: Float[Array, "blocks b b"]
     positive_definite: Bool[Array, ""]
     structure_ok: Bool[Array, ""]
     size: int = eqx.field(static=True)  # d, before padding to whole blocks
@@ -283,28 +301,51 @@ def _band_probes(d: int, b: int, dtype) -> Array:
 
 def _band_matvec(diag, sub, x):
     """`A x` for the block-tridiagonal `A` (blocks `diag`, `sub`); `x (nb, b)`."""
-    y = jnp.einsum("gij,gj->gi", diag, x)
-    below = jnp.einsum("gij,gj->gi", sub[:-1], x[:-1])  # A[I+1, I] x_I
-    above = jnp.einsum("gji,gj->gi", sub[:-1], x[1:])  # A[I, I+1] x_{I+1}
+    y = _mv(diag, x)
+    below = _mv(sub[:-1], x[:-1])  # A[I+1, I] x_I
+    above = _mv(_mT(sub[:-1]), x[1:])  # A[I, I+1] x_{I+1}
     y = y.at[1:].add(below)
     return y.at[:-1].add(above)
 
 
 def _block_tridiagonal_cholesky(diag, sub):
-    """Returns `(lower, c)` with `c[I] = L[I, I-1]` (`c[0] = 0`)."""
+    """Returns `(lower, c, inverse_lower)` with `c[I] = L[I, I-1]` (`c[0] = 0`) and
+    `inverse_lower[I] = L[I, I]⁻¹`."""
     b = diag.shape[-1]
     previous_sub = jnp.concatenate([jnp.zeros_like(sub[:1]), sub[:-1]])
+    if b == 1:
+        return _tridiagonal_cholesky(diag[:, 0, 0], previous_sub[:, 0, 0])
+    identity = jnp.eye(b, dtype=diag.dtype)
 
-    def step(lower_prev, inputs):
+    def step(inverse_prev, inputs):
         a_ii, b_prev = inputs
-        # C = B L_prev⁻ᵀ, i.e. Cᵀ = L_prev⁻¹ Bᵀ.
-        c = _mT(_forward_substitute(lower_prev, _mT(b_prev)))
-        lower = _small_cholesky(a_ii - c @ _mT(c))
-        return lower, (lower, c)
+        c = _mm(b_prev, _mT(inverse_prev))  # C = B L_prev⁻ᵀ
+        lower = _small_cholesky(a_ii - _mm(c, _mT(c)))
+        inverse = _forward_substitute(lower, identity)
+        return inverse, (lower, c, inverse)
 
-    init = jnp.eye(b, dtype=diag.dtype)
-    _, (lower, c) = jax.lax.scan(step, init, (diag, previous_sub))
-    return lower, c
+    # `previous_sub[0]` is zero, so the first block ignores the initial carry.
+    init = jnp.zeros_like(identity)
+    _, out = jax.lax.scan(step, init, (diag, previous_sub))
+    return out
+
+
+def _tridiagonal_cholesky(a, e):
+    """Bandwidth 1: the pivots `p_i = a_i − e_i² / p_{i−1}` of `A = L D Lᵀ` (`e_i =
+    A[i, i−1]`, `e_0 = 0`) are the only recurrence, one division deep, so the scan
+    is a short dependency chain; square roots and the rest are vectorised."""
+
+    def step(pivot_prev, inputs):
+        a_i, e_i = inputs
+        pivot = a_i - e_i * (e_i / pivot_prev)
+        return pivot, pivot
+
+    _, pivots = jax.lax.scan(step, jnp.ones_like(a[0]), (a, e))
+    lower = jnp.sqrt(pivots)
+    previous = jnp.concatenate([jnp.ones_like(lower[:1]), lower[:-1]])
+    c = e / previous
+    inverse = 1.0 / lower
+    return lower[:, None, None], c[:, None, None], inverse[:, None, None]
 
 
 def _next_sub(sub):
@@ -312,35 +353,34 @@ def _next_sub(sub):
     return jnp.concatenate([sub[1:], jnp.zeros_like(sub[:1])])
 
 
-def _band_forward(factor: BandedFactor, v):
-    """`L⁻¹ v` for `v (nb, b)`."""
+def _linear_recurrence(w, g, reverse: bool = False):
+    """`x_I = w_I − G_I x_{I∓1}` (previous block forwards, next block backwards),
+    starting from zero: the only sequential part of a banded solve."""
 
-    def step(y_prev, inputs):
-        lower, c, v_i = inputs
-        y = _forward_substitute(lower, (v_i - c @ y_prev)[:, None])[:, 0]
-        return y, y
-
-    init = jnp.zeros_like(v[0])
-    _, y = jax.lax.scan(step, init, (factor.lower, factor.sub, v))
-    return y
-
-
-def _band_backward(factor: BandedFactor, y):
-    """`L⁻ᵀ y` for `y (nb, b)`."""
-
-    def step(x_next, inputs):
-        lower, c_next, y_i = inputs
-        x = _backward_substitute(lower, (y_i - _mT(c_next) @ x_next)[:, None])[:, 0]
+    def step(x_other, inputs):
+        w_i, g_i = inputs
+        x = w_i - _mv(g_i, x_other)
         return x, x
 
-    init = jnp.zeros_like(y[0])
-    _, x = jax.lax.scan(
-        step, init, (factor.lower, _next_sub(factor.sub), y), reverse=True
-    )
+    _, x = jax.lax.scan(step, jnp.zeros_like(w[0]), (w, g), reverse=reverse)
     return x
 
 
-def _band_selected_inverse(lower, sub):
+def _band_forward(factor: BandedFactor, v):
+    """`L⁻¹ v` for `v (nb, b)`: `y_I = L_I⁻¹ v_I − (L_I⁻¹ C_I) y_{I−1}`."""
+    inverse = factor.inverse_lower
+    return _linear_recurrence(_mv(inverse, v), _mm(inverse, factor.sub))
+
+
+def _band_backward(factor: BandedFactor, y):
+    """`L⁻ᵀ y` for `y (nb, b)`: `x_I = L_I⁻ᵀ y_I − F_Iᵀ x_{I+1}` with
+    `F_I = C_{I+1} L_I⁻¹`."""
+    inverse = factor.inverse_lower
+    f = _mm(_next_sub(factor.sub), inverse)
+    return _linear_recurrence(_mv(_mT(inverse), y), _mT(f), reverse=True)
+
+
+def _band_selected_inverse(factor: BandedFactor):
     """The blocks of `A⁻¹` on the block-tridiagonal pattern: `(S_diag, S_sub)` with
     `S_sub[I] = (A⁻¹)[I+1, I]` (zero for the last). Backward (Takahashi)
     recurrence, with `F_I = L[I+1, I] L_I⁻¹`:
@@ -348,17 +388,18 @@ def _band_selected_inverse(lower, sub):
         (A⁻¹)[I+1, I] = −(A⁻¹)[I+1, I+1] F_I,
         (A⁻¹)[I, I]   = L_I⁻ᵀ L_I⁻¹ + F_Iᵀ (A⁻¹)[I+1, I+1] F_I.
     """
+    inverse = factor.inverse_lower
+    f = _mm(_next_sub(factor.sub), inverse)
+    own = _mm(_mT(inverse), inverse)
 
     def step(s_next, inputs):
-        lower_i, c_next = inputs
-        inverse_lower = _forward_substitute(lower_i, _identity_like(lower_i))
-        f = c_next @ inverse_lower
-        s_sub = -s_next @ f
-        s_diag = _mT(inverse_lower) @ inverse_lower + _mT(f) @ s_next @ f
-        return s_diag, (s_diag, s_sub)
+        own_i, f_i = inputs
+        t = _mm(s_next, f_i)
+        s_diag = own_i + _mm(_mT(f_i), t)
+        return s_diag, (s_diag, -t)
 
-    init = jnp.zeros_like(lower[0])
-    _, (s_diag, s_sub) = jax.lax.scan(step, init, (lower, _next_sub(sub)), reverse=True)
+    init = jnp.zeros_like(inverse[0])
+    _, (s_diag, s_sub) = jax.lax.scan(step, init, (own, f), reverse=True)
     return s_diag, s_sub
 
 
@@ -389,12 +430,17 @@ class BandedHessian(AbstractStructuredHessian):
     def __check_init__(self):
         _check_int(self.bandwidth, "bandwidth", "BandedHessian")
 
-    def _band(self, fn, theta, phi):
+    def _band(self, fn, theta, phi, extra=None):
+        """The band blocks, and `A @ extra` when a probe `extra` is given: all the
+        products in one batch (one pass of the model's code, not two)."""
         d = theta.shape[0]
         b = self.bandwidth
         probes = _band_probes(d, b, theta.dtype)
-        products = jax.vmap(lambda v: _hvp(fn, theta, phi, v))(probes)  # (2b+1, d)
-        return _band_blocks(products, d, b)
+        if extra is not None:
+            probes = jnp.concatenate([probes, extra[None]])
+        products = jax.vmap(lambda v: _hvp(fn, theta, phi, v))(probes)
+        diag, sub = _band_blocks(products[: 2 * b + 1], d, b)
+        return diag, sub, (None if extra is None else products[-1])
 
     def _pad(self, vector):
         d = vector.shape[0]
@@ -403,24 +449,28 @@ class BandedHessian(AbstractStructuredHessian):
         return jnp.pad(vector, (0, nb * b - d)).reshape(nb, b)
 
     def factorise(self, fn, theta, phi):
-        diag, sub = self._band(fn, theta, phi)
+        z = probe_vector(theta) if self.verify else None
+        diag, sub, hz = self._band(fn, theta, phi, z)
         diag = 0.5 * (diag + _mT(diag))
         if self.verify:
             d = theta.shape[0]
-            z = probe_vector(theta)
-            hz = _hvp(fn, theta, phi, z)
             az = _band_matvec(diag, sub, self._pad(z)).ravel()[:d]
             scale = _band_matvec(jnp.abs(diag), jnp.abs(sub), self._pad(jnp.abs(z)))
             structure_ok = structure_agrees(hz, az, scale.ravel()[:d])
         else:
             structure_ok = jnp.array(True)
-        lower, c = _block_tridiagonal_cholesky(diag, sub)
-        ok = _factor_ok(lower) & jnp.all(jnp.isfinite(c))
+        lower, c, inverse = _block_tridiagonal_cholesky(diag, sub)
+        # One fused test: every entry finite and every pivot positive.
+        pivot = jnp.eye(lower.shape[-1], dtype=bool)
+        entry_ok = jnp.isfinite(lower) & jnp.isfinite(c) & jnp.isfinite(inverse)
+        ok = jnp.all(entry_ok & (~pivot | (lower > 0)))
         lower = jnp.where(ok, lower, _identity_like(lower))
         c = jnp.where(ok, c, 0.0)
+        inverse = jnp.where(ok, inverse, _identity_like(inverse))
         return BandedFactor(
             lower=lower,
             sub=c,
+            inverse_lower=inverse,
             positive_definite=ok & structure_ok,
             structure_ok=structure_ok,
             size=theta.shape[0],
@@ -447,13 +497,12 @@ class BandedHessian(AbstractStructuredHessian):
         return _band_backward(factor, z.reshape(nb, b)).ravel()[: factor.size]
 
     def logdet_surrogate(self, factor, fn, theta, phi):
-        lower = jax.lax.stop_gradient(factor.lower)
-        sub = jax.lax.stop_gradient(factor.sub)
-        s_diag, s_sub = _band_selected_inverse(lower, sub)
-        diag, h_sub = self._band(fn, theta, phi)
+        s_diag, s_sub = _band_selected_inverse(jax.lax.stop_gradient(factor))
+        diag, h_sub, _ = self._band(fn, theta, phi)
         # tr(A₀⁻¹ H) over the band: diagonal blocks once, off-diagonal blocks twice.
         # The padding (an identity block, decoupled) adds 1 per padded entry.
-        padding = lower.shape[0] * lower.shape[1] - theta.shape[0]
+        nb, b, _ = factor.lower.shape
+        padding = nb * b - theta.shape[0]
         return jnp.sum(s_diag * diag) + 2.0 * jnp.sum(s_sub * h_sub) - padding
 
 

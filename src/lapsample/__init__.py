@@ -16,6 +16,10 @@ from ._check import (
     LaplaceCheckResults as LaplaceCheckResults,
 )
 from ._checkpoint import CheckpointError as CheckpointError
+from ._detect import (
+    detect_hessian as detect_hessian,
+    HessianDetection as HessianDetection,
+)
 from ._hessian import (
     AbstractFactor as AbstractFactor,
     AbstractHessianStrategy as AbstractHessianStrategy,

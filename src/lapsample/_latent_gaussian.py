@@ -860,7 +860,7 @@ class LatentGaussianMarginal(AbstractMarginal):
         def log_joint(theta):
             return (
                 log_prior_density(theta - mean)
-                + jnp.sum(self.likelihood.derivatives(theta, params)[0])
+                + self.likelihood.log_density(theta, params)
                 + log_prior
             )
 

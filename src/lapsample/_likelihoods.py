@@ -49,7 +49,7 @@ class AbstractLikelihood(eqx.Module):
 
     @abc.abstractmethod
     def derivatives(
-        self, theta: Float[Array, " n"], params: PyTree[Array]
+        self, theta: Float[Array, " n"], params: PyTree[ArrayLike]
     ) -> Derivatives:
         """**Arguments:**
 
@@ -62,7 +62,9 @@ class AbstractLikelihood(eqx.Module):
         its first, second and third derivatives in `theta_i`.
         """
 
-    def log_density(self, theta: Float[Array, " n"], params: PyTree[Array]) -> Scalar:
+    def log_density(
+        self, theta: Float[Array, " n"], params: PyTree[ArrayLike]
+    ) -> Scalar:
         """`sum_i log p(y_i | theta_i, params)`."""
         return jnp.sum(self.derivatives(theta, params)[0])
 

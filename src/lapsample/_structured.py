@@ -372,12 +372,16 @@ def _band_forward(factor: BandedFactor, v):
     return _linear_recurrence(_mv(inverse, v), _mm(inverse, factor.sub))
 
 
+def _coupling(factor: BandedFactor):
+    """`F_I = L[I+1, I] L_I⁻¹`, the coupling of block `I` to the next in the
+    backward recurrences (zero for the last block)."""
+    return _mm(_next_sub(factor.sub), factor.inverse_lower)
+
+
 def _band_backward(factor: BandedFactor, y):
-    """`L⁻ᵀ y` for `y (nb, b)`: `x_I = L_I⁻ᵀ y_I − F_Iᵀ x_{I+1}` with
-    `F_I = C_{I+1} L_I⁻¹`."""
-    inverse = factor.inverse_lower
-    f = _mm(_next_sub(factor.sub), inverse)
-    return _linear_recurrence(_mv(_mT(inverse), y), _mT(f), reverse=True)
+    """`L⁻ᵀ y` for `y (nb, b)`: `x_I = L_I⁻ᵀ y_I − F_Iᵀ x_{I+1}`."""
+    w = _mv(_mT(factor.inverse_lower), y)
+    return _linear_recurrence(w, _mT(_coupling(factor)), reverse=True)
 
 
 def _band_selected_inverse(factor: BandedFactor):
@@ -389,7 +393,7 @@ def _band_selected_inverse(factor: BandedFactor):
         (A⁻¹)[I, I]   = L_I⁻ᵀ L_I⁻¹ + F_Iᵀ (A⁻¹)[I+1, I+1] F_I.
     """
     inverse = factor.inverse_lower
-    f = _mm(_next_sub(factor.sub), inverse)
+    f = _coupling(factor)
     own = _mm(_mT(inverse), inverse)
 
     def step(s_next, inputs):

@@ -75,6 +75,7 @@ def run(
     seed,
     target_accept_prob=0.9,
     max_tree_depth=10,
+    chain_method="sequential",
 ):
     y = simulate(num_steps)
     kernel = NUTS(
@@ -87,7 +88,7 @@ def run(
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        chain_method="sequential",
+        chain_method=chain_method,
         progress_bar=False,
     )
     init = {

@@ -4,12 +4,16 @@ stochastic_volatility.py), float64 on CPU. Prints three tables:
 1. T = 100,000 latents: one value+grad of the Laplace marginal with
    `BandedHessian(1)`, from a cold start (`theta_init`) and warm-started at the mode
    (as inside a sampler), with what a dense Hessian would need.
-2. Banded vs dense value+grad time at a few T (warm start at the mode).
+2. Banded vs dense value+grad time at a few T (warm start at the mode), and the
+   banded value+grad against T inside a compiled loop (2b).
 3. T = 1000: ESS/s of phi from `lapsample.sample` (banded Laplace marginal, NUTS
    with a dense metric) vs full-joint non-centred NUTS in NumPyro (diagonal
    metric, its default) on the same data, 4 chains × 1000 warm-up + 1000 draws
    each, both with target acceptance 0.8; compiled run time, and the first call
-   (with compilation) separately.
+   (with compilation) separately. Each sampler runs with each way of laying out
+   its chains on a CPU (one after another, batched by `vmap`, and for lapsample
+   split across host devices, one per core), and the ratio compares the best of
+   each.
 
     python benchmarks/structured.py              # everything
     python benchmarks/structured.py --skip-ess   # tables 1 and 2 only
@@ -17,9 +21,20 @@ stochastic_volatility.py), float64 on CPU. Prints three tables:
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
+
+
+# Chains run on several CPU cores at once only as separate host devices, which must
+# be requested before JAX starts (one per core, at most one per chain). Tables 1
+# and 2 use one device either way.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={min(4, os.cpu_count() or 1)}"
+    )
 
 import jax
 
@@ -101,7 +116,44 @@ def banded_vs_dense(sizes=(100, 300, 1000)):
     return rows
 
 
-def _laplace_run(y, key, num_warmup, num_samples, num_chains):
+def banded_scaling(sizes=(100, 300, 1000, 3000, 10_000), repeats=5):
+    """Value+grad time against T inside one compiled loop (no dispatch from Python
+    per call), warm-started at the mode of a nearby phi, and a least-squares line."""
+    print("== 2b. banded value+grad against T, compiled loop, warm start ==")
+    print(f"{'T':>6} {'us':>9} {'Newton steps':>13}")
+    times = []
+    for t in sizes:
+        marginal = marginal_for(simulate(t))
+        (_, aux), _ = _value_and_grad(marginal, PHI_INIT, marginal.theta_init)
+        phi = PHI_INIT + 1e-3
+        calls = max(10, 100_000 // t)
+
+        @jax.jit
+        def loop(phi, theta):
+            def body(_, acc):
+                # `acc` is ~0: it chains the calls so none is hoisted or skipped.
+                (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(
+                    phi + 1e-300 * acc, theta
+                )
+                return acc + 1e-300 * (value + grad.sum() + aux.theta_star[0])
+
+            return jax.lax.fori_loop(0, calls, body, 0.0)
+
+        jax.block_until_ready(loop(phi, aux.theta_star))
+        best = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(loop(phi, aux.theta_star))
+            best = min(best, (time.perf_counter() - start) / calls)
+        (_, warm), _ = _value_and_grad(marginal, phi, aux.theta_star)
+        print(f"{t:>6} {1e6 * best:>9.1f} {int(warm.num_steps):>13}")
+        times.append(best)
+    slope, intercept = np.polyfit(np.asarray(sizes, float), 1e6 * np.asarray(times), 1)
+    print(f"least squares: {intercept:.1f} us + {slope:.3f} us × T")
+    return times
+
+
+def _laplace_run(y, key, num_warmup, num_samples, num_chains, chain_method):
     start = time.perf_counter()
     results = lapsample.sample(
         key,
@@ -111,6 +163,7 @@ def _laplace_run(y, key, num_warmup, num_samples, num_chains):
         num_samples=num_samples,
         num_chains=num_chains,
         dense_mass=True,
+        chain_method=chain_method,
         progress_bar=False,
     )
     seconds = time.perf_counter() - start
@@ -123,44 +176,57 @@ def ess_per_second(num_warmup=1000, num_samples=1000, num_chains=4):
     import arviz as az
     from make_sv_reference import run as run_numpyro
 
+    devices = len(jax.devices())
     print(
         f"== 3. SV, T = 1000: ESS/s of phi, {num_chains} chains × {num_warmup} "
-        f"warm-up + {num_samples} draws, sequential chains =="
+        f"warm-up + {num_samples} draws, {devices} host device(s) =="
     )
     print(
-        "Each sampler runs twice with different seeds: the first call compiles, the "
-        "second reuses the compiled code. ESS/s = bulk ESS of the second run / its "
-        "wall time; 'first call' is the same run including compilation."
+        "Each configuration runs twice with different seeds: the first call "
+        "compiles, the second reuses the compiled code. ESS/s = bulk ESS of the "
+        "second run / its wall time; 'first call' is the same run including "
+        "compilation. lapsample splits the chains across the host devices (each "
+        "device runs its chains one after another, or batched for 'vectorized'); "
+        "NumPyro's 'sequential' and 'vectorized' use one device."
     )
     y = simulate(1000)
     runs = {}
-    laplace_first = _laplace_run(
-        y, jax.random.key(1), num_warmup, num_samples, num_chains
-    )
-    runs["laplace"] = (
-        laplace_first[1],
-        *_laplace_run(y, jax.random.key(0), num_warmup, num_samples, num_chains),
-    )
-    _, nuts_first, _ = run_numpyro(1000, num_warmup, num_samples, num_chains, 3, 0.8)
-    nuts, nuts_seconds, nuts_grads = run_numpyro(
-        1000, num_warmup, num_samples, num_chains, 2, 0.8
-    )
-    nuts_steps = nuts_grads / (num_chains * num_samples)
-    runs["full NUTS"] = (nuts_first, nuts, nuts_seconds, nuts_steps, None)
+    for method in ("sequential", "vectorized"):
+        first = _laplace_run(
+            y, jax.random.key(1), num_warmup, num_samples, num_chains, method
+        )
+        draws, seconds, steps, divergences = _laplace_run(
+            y, jax.random.key(0), num_warmup, num_samples, num_chains, method
+        )
+        name = f"lapsample {method}" + (f" ({devices} devices)" if devices > 1 else "")
+        runs[name] = (first[1], draws, seconds, steps, divergences)
+    for method in ("sequential", "vectorized"):
+        _, first, _ = run_numpyro(
+            1000, num_warmup, num_samples, num_chains, 3, 0.8, chain_method=method
+        )
+        draws, seconds, grads = run_numpyro(
+            1000, num_warmup, num_samples, num_chains, 2, 0.8, chain_method=method
+        )
+        steps = grads / (num_chains * num_samples)
+        runs[f"NumPyro {method}"] = (first, draws, seconds, steps, None)
     print(
-        f"{'':10} {'first call':>10} {'seconds':>8} {'steps/it':>8} "
+        f"{'':34} {'first call':>10} {'seconds':>8} {'steps/it':>8} "
         + " ".join(f"{n:>18}" for n in PHI_NAMES)
     )
-    ratios = []
+    rates = {}
     for name, (first, draws, seconds, steps, _) in runs.items():
         ess = [float(az.ess(draws[:, :, i], method="bulk")) for i in range(3)]
-        ratios.append(([e / seconds for e in ess], [e / first for e in ess]))
+        rates[name] = ([e / seconds for e in ess], [e / first for e in ess])
         cells = " ".join(f"{e:>7.0f} ({e / seconds:>6.1f}/s)" for e in ess)
-        print(f"{name:10} {first:>10.1f} {seconds:>8.1f} {steps:>8.1f} {cells}")
-    print(f"laplace divergences (post warm-up): {runs['laplace'][4]}")
-    laplace = runs["laplace"][1]
+        print(f"{name:34} {first:>10.1f} {seconds:>8.1f} {steps:>8.1f} {cells}")
+    divergences = {k: v[4] for k, v in runs.items() if v[4] is not None}
+    print(f"lapsample divergences (post warm-up): {divergences}")
+    laplace = runs[next(iter(runs))][1]
     reference = json.loads((ROOT / "tests/data/sv_reference.json").read_text())
-    print("laplace vs the long NUTS reference (tests/data/sv_reference.json):")
+    print(
+        "lapsample (first row) vs the long NUTS reference "
+        "(tests/data/sv_reference.json):"
+    )
     for i, name in enumerate(PHI_NAMES):
         ref = reference["phi"][name]
         x = laplace[:, :, i]
@@ -171,15 +237,19 @@ def ess_per_second(num_warmup=1000, num_samples=1000, num_chains=4):
             f"diff {diff:+.4f} = {diff / ref['sd']:+.3f} sd, z {diff / se:+.2f}; "
             f"sd {x.std(ddof=1):.4f} vs {ref['sd']:.4f}"
         )
-    (laplace_rate, laplace_first_rate), (nuts_rate, nuts_first_rate) = ratios
-    gain = [a / b for a, b in zip(laplace_rate, nuts_rate)]
-    gain_first = [a / b for a, b in zip(laplace_first_rate, nuts_first_rate)]
-    print("ESS/s ratio laplace / full NUTS: " + ", ".join(f"{g:.1f}" for g in gain))
-    print(
-        "the same, counting compilation (first calls): "
-        + ", ".join(f"{g:.1f}" for g in gain_first)
-    )
-    return gain
+
+    def best(prefix, which):
+        # The fastest configuration of one sampler, parameter by parameter.
+        chosen = [r[which] for k, r in rates.items() if k.startswith(prefix)]
+        return [max(r[i] for r in chosen) for i in range(3)]
+
+    for which, label in ((0, "compiled runs"), (1, "counting compilation")):
+        gain = [a / b for a, b in zip(best("lapsample", which), best("NumPyro", which))]
+        print(
+            f"ESS/s ratio, best lapsample / best NumPyro, {label}: "
+            + ", ".join(f"{g:.2f}" for g in gain)
+        )
+    return rates
 
 
 def main():
@@ -189,6 +259,7 @@ def main():
     print(f"jax {jax.__version__}, devices {jax.devices()}")
     big_t()
     banded_vs_dense()
+    banded_scaling()
     if not args.skip_ess:
         ess_per_second()
 

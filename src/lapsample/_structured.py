@@ -264,39 +264,51 @@ class BandedFactor(AbstractStructuredFactor):
     size: int = eqx.field(static=True)  # d, before padding to whole blocks
 
 
-def _band_indices(d: int, b: int):
-    """Static gather indices that turn the coloured products `P (2b+1, d)` into
-    the diagonal blocks `A[I, I]` and sub-diagonal blocks `A[I+1, I]`."""
-    c = 2 * b + 1
-    nb = -(-d // b)
-    blk = np.arange(nb)[:, None, None]
-    p = np.arange(b)[None, :, None]
-    q = np.arange(b)[None, None, :]
-
-    def gather(row_offset):
-        rows = (blk + row_offset) * b + p
-        cols = blk * b + q
-        valid = (np.abs(rows - cols) <= b) & (rows < d) & (cols < d)
-        padding = (rows == cols) & (rows >= d)
-        rows_c = np.where(valid, rows, 0)
-        colours = np.where(valid, cols % c, 0)
-        return colours, rows_c, valid, padding
-
-    return gather(0), gather(1), nb
+def _colour_sum(rows: Array, columns: Array) -> Array:
+    """`Σ_c rows[c, I, p] columns[c, I, q]` as `(nb, b, b)`, written as a sum of
+    `2b+1` products rather than a reduction (XLA:CPU hands small batched reductions
+    to a library call that is slow here)."""
+    terms = [rows[k, :, :, None] * columns[k, :, None, :] for k in range(rows.shape[0])]
+    return sum(terms[1:], terms[0])
 
 
 def _band_blocks(products: Array, d: int, b: int):
-    (cd, rd, vd, pd), (cs, rs, vs, _), nb = _band_indices(d, b)
-    dtype = products.dtype
-    diag = jnp.where(vd, products[cd, rd], jnp.asarray(pd, dtype))
-    sub = jnp.where(vs, products[cs, rs], 0.0)
-    # sub[I] = A[I+1, I]; the last one lies outside the matrix and is zero.
+    """The diagonal blocks `A[I, I]` and sub-diagonal blocks `A[I+1, I]` from the
+    coloured products `P (2b+1, d)`, `P[c] = A v_c`.
+
+    Entry `A[r, j]` of the band is `P[c(j), r]`, the product with the probe that
+    covers column `j` (no other column of that colour lies within `b` of `r`), so
+    with `V[c] = v_c` both blocks are sums over the colours of `P[c, r] V[c, j]`:
+    elementwise products of reshaped arrays, with no gather (a gather of computed
+    values is slow on CPU once the model is batched over chains by `vmap`).
+    """
+    c = 2 * b + 1
+    nb = -(-d // b)
+    pad = nb * b - d
+    rows = jnp.pad(products, ((0, 0), (0, pad))).reshape(c, nb, b)
+    columns = np.pad(_band_pattern(d, b), ((0, 0), (0, pad)))
+    columns = jnp.asarray(columns.reshape(c, nb, b), products.dtype)
+    # diag[I, p, q] = A[I b + p, I b + q].
+    diag = _colour_sum(rows, columns)
+    # The padding entries (past d) get an identity block: decoupled, log det 0.
+    padded = np.arange(nb * b).reshape(nb, b) >= d
+    diag = diag + jnp.asarray(padded[:, :, None] * np.eye(b, dtype=bool), diag.dtype)
+    # sub[I, p, q] = A[(I+1) b + p, I b + q], inside the band only for p <= q; the
+    # last one lies outside the matrix and is zero.
+    next_rows = jnp.concatenate([rows[:, 1:], jnp.zeros_like(rows[:, :1])], axis=1)
+    sub = _colour_sum(next_rows, columns)
+    sub = jnp.where(np.triu(np.ones((b, b), dtype=bool)), sub, 0.0)
     return diag, sub
 
 
-def _band_probes(d: int, b: int, dtype) -> Array:
+def _band_pattern(d: int, b: int) -> np.ndarray:
+    """`(2b+1, d)` booleans: probe `c` covers the columns `j ≡ c (mod 2b+1)`."""
     c = 2 * b + 1
-    return jnp.asarray(np.arange(d)[None, :] % c == np.arange(c)[:, None], dtype)
+    return np.arange(d)[None, :] % c == np.arange(c)[:, None]
+
+
+def _band_probes(d: int, b: int, dtype) -> Array:
+    return jnp.asarray(_band_pattern(d, b), dtype)
 
 
 def _band_matvec(diag, sub, x):

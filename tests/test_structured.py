@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lapsample
+from lapsample._hessian import factor_result
 from lapsample._marginal import _NegativeLogJoint
 from lapsample._misc import TreeRaveller
 
@@ -288,6 +289,64 @@ def test_violated_structure_is_a_result_code_under_jit(name):
     value, aux = eqx.filter_jit(marginal)(phi)
     assert value == -jnp.inf
     assert aux.result == lapsample.RESULTS.structure_violated
+
+
+def _diagonal_model(theta, phi):
+    return jnp.sum(-0.5 * (theta / jnp.exp(phi[0])) ** 2 - jnp.exp(theta))
+
+
+# For each structured strategy: a model that has its structure (with phi).
+GENUINE = {
+    "banded": (CASES["banded3-rw2"][0], CASES["banded3-rw2"][2], 52),
+    "block": (CASES["block3-grouped"][0], CASES["block3-grouped"][2], 60),
+    "diagonal": (_diagonal_model, jnp.array([0.3]), 30),
+}
+
+
+@eqx.filter_jit
+def _checked_and_late(strategy, fn, theta, phi):
+    checked = strategy.factorise(fn, theta, phi)
+    early = strategy.without_checks().factorise(fn, theta, phi)
+    return checked, strategy.check_factor(early, fn, theta, phi)
+
+
+@pytest.mark.parametrize("name", list(VIOLATIONS))
+def test_check_on_the_factor_agrees_with_the_check_at_factorisation(name):
+    # Newton factorises without the structure check and checks the returned factor
+    # once (`check_factor`, from `A = L Lᵀ`): it must reach the same verdict as the
+    # check made while factorising, on a violated and on a genuine structure.
+    violated, d_violated, phi_violated, strategy = VIOLATIONS[name]
+    genuine, phi_genuine, d_genuine = GENUINE[name]
+    if name == "banded":
+        strategy_genuine = lapsample.BandedHessian(bandwidth=3)
+    else:
+        strategy_genuine = strategy
+    for log_joint, d, phi, declared, expected in (
+        (violated, d_violated, phi_violated, strategy, False),
+        (genuine, d_genuine, phi_genuine, strategy_genuine, True),
+    ):
+        theta = jnp.linspace(-0.5, 0.5, d)
+        fn = _NegativeLogJoint(log_joint, TreeRaveller(theta))
+        checked, late = _checked_and_late(declared, fn, theta, phi)
+        for factor in (checked, late):
+            assert bool(factor.structure_ok) == expected
+            assert bool(factor.positive_definite) == expected
+        # Apart from the verdict, the factors hold the same arrays.
+        for a, b in zip(jax.tree.leaves(checked), jax.tree.leaves(late)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_check_on_the_factor_leaves_indefinite_to_its_own_code():
+    # A Hessian with the declared structure that is not positive definite (the
+    # negated SV model) must be reported as such, not as a violated structure:
+    # its factor was replaced by identities, whose product proves nothing.
+    sv, _, phi, banded = CASES["banded1-sv"]
+    theta = jnp.zeros(60)
+    fn = _NegativeLogJoint(lambda t, p: -sv(t, p), TreeRaveller(theta))
+    _, factor = _checked_and_late(banded, fn, theta, phi)
+    assert not bool(factor.positive_definite) and bool(factor.structure_ok)
+    code = factor_result(factor, lapsample.RESULTS.successful)
+    assert code == lapsample.RESULTS.hessian_not_positive_definite
 
 
 def test_verify_false_skips_the_jit_check_but_not_check():

@@ -98,7 +98,8 @@ class Newton(AbstractInnerSolver):
     decrement `gᵀA⁻¹g` (the predicted distance to the optimum in objective value,
     independent of how `theta` is scaled) is below `atol + rtol·|fn|`. The test is
     made with the factor at the returned point, and that factor is handed to the
-    marginal: no extra factorisation.
+    marginal: no extra factorisation. A structured Hessian strategy's structure
+    check is made once, on that factor (`check_factor`), not at every iterate.
     """
 
     rtol: float | None = None
@@ -121,6 +122,9 @@ class Newton(AbstractInnerSolver):
         atol = default_tolerance(dtype) if self.atol is None else self.atol
         xtol = eps ** (2 / 3) if self.xtol is None else self.xtol
         value_and_grad = jax.value_and_grad(fn)
+        # Structure checks (an extra Hessian-vector product each) are made once,
+        # on the returned factor, not at every iterate.
+        iterating = hessian.without_checks()
 
         def acceptable(value, decrement):
             return 0.5 * decrement <= atol + rtol * jnp.abs(value)
@@ -130,8 +134,8 @@ class Newton(AbstractInnerSolver):
 
         def evaluate(theta):
             value, grad = value_and_grad(theta, phi)
-            factor = hessian.factorise(fn, theta, phi)
-            direction = -hessian.solve(factor, grad)
+            factor = iterating.factorise(fn, theta, phi)
+            direction = -iterating.solve(factor, grad)
             decrement = -jnp.dot(grad, direction)
             # A non-finite gradient makes the direction and the decrement
             # non-finite, so the decrement stands for it (one reduction fewer).
@@ -212,9 +216,10 @@ class Newton(AbstractInnerSolver):
         result = RESULTS.where(
             converged, RESULTS.successful, RESULTS.inner_solve_failed
         )
-        result = factor_result(c.factor, result)
+        factor = hessian.check_factor(c.factor, fn, c.theta, phi)
+        result = factor_result(factor, result)
         return InnerSolution(
-            theta=c.theta, result=result, num_steps=c.num_steps, factor=c.factor
+            theta=c.theta, result=result, num_steps=c.num_steps, factor=factor
         )
 
 

@@ -16,8 +16,10 @@ entries, so the banded strategy runs the block-tridiagonal Cholesky recurrence
 `A⁻¹` needed by the log-determinant's gradient with the matching backward
 (Takahashi) recurrence.
 
-Both strategies check the declared structure at every factorisation with one
-extra Hessian-vector product against a fixed pseudo-random vector: a mismatch
+Both strategies check the declared structure with one extra Hessian-vector product
+against a fixed pseudo-random vector, at every direct `factorise` and, inside the
+Laplace marginal, once per inner solve on the factor at the mode (Newton iterates
+without it and compares `H z` with `L Lᵀ z` at the end): a mismatch
 makes the factor's `structure_ok` (and `positive_definite`) false, so the
 marginal is `-inf` with the code `RESULTS.structure_violated`, and
 `LaplaceMarginal.check` raises a `ValueError` before compilation.
@@ -155,8 +157,8 @@ class BlockDiagonalHessian(AbstractStructuredHessian):
     a batch with a Cholesky written for small blocks (vectorised over the blocks):
     `O(d·block_size²)` time and `O(d·block_size)` memory.
 
-    The structure is checked at every factorisation with one more Hessian-vector
-    product (see `verify`): curvature between blocks gives a factor with
+    The structure is checked with one more Hessian-vector product (see `verify`;
+    once per inner solve, at the mode): curvature between blocks gives a factor with
     `structure_ok = False`, a marginal of `-inf` and the code
     `RESULTS.structure_violated`; [`lapsample.LaplaceMarginal.check`][] raises a
     `ValueError` before compilation.
@@ -208,6 +210,14 @@ class BlockDiagonalHessian(AbstractStructuredHessian):
             structure_ok=structure_ok,
         )
 
+    def _factor_product(self, factor, z):
+        lower = factor.lower
+        zb = z.reshape(lower.shape[:2])
+        az = _mv(lower, _mv(_mT(lower), zb)).ravel()
+        absolute = jnp.abs(lower)
+        scale = _mv(absolute, _mv(_mT(absolute), jnp.abs(zb))).ravel()
+        return az, scale
+
     def logdet(self, factor):
         return _logdet_from_lower(factor.lower)
 
@@ -238,8 +248,8 @@ BlockDiagonalHessian.__init__.__doc__ = """**Arguments:**
 - `block_size`: the number of consecutive entries of the flattened `theta` in each
     independent group; the latent's size must be a multiple of it. Meant for small
     blocks (up to a few tens): the block Cholesky is unrolled over `block_size`.
-- `verify`: check the block structure at every factorisation with one extra
-    Hessian-vector product (default `True`). Turn it off only for a model already
+- `verify`: check the block structure with one extra Hessian-vector product
+    (default `True`), once per inner solve. Turn it off only for a model already
     checked: a violated structure then gives silently wrong values.
 """
 
@@ -433,8 +443,8 @@ class BandedHessian(AbstractStructuredHessian):
     Takahashi recurrence) are all `O(d·bandwidth²)` in time and `O(d·bandwidth)` in
     memory, so `d = 100,000` latents take well under a second.
 
-    The structure is checked at every factorisation with one more Hessian-vector
-    product (see `verify`): curvature outside the band gives a factor with
+    The structure is checked with one more Hessian-vector product (see `verify`;
+    once per inner solve, at the mode): curvature outside the band gives a factor with
     `structure_ok = False`, a marginal of `-inf` and the code
     `RESULTS.structure_violated`; [`lapsample.LaplaceMarginal.check`][] raises a
     `ValueError` before compilation.
@@ -492,6 +502,22 @@ class BandedHessian(AbstractStructuredHessian):
             size=theta.shape[0],
         )
 
+    def _factor_product(self, factor, z):
+        d = z.shape[0]
+
+        def product(lower, sub, x):
+            # Lᵀ x: block I gets L[I, I]ᵀ x_I + L[I+1, I]ᵀ x_{I+1}; then L y:
+            # block I gets L[I, I] y_I + L[I, I−1] y_{I−1}.
+            x_next = jnp.concatenate([x[1:], jnp.zeros_like(x[:1])])
+            y = _mv(_mT(lower), x) + _mv(_mT(_next_sub(sub)), x_next)
+            y_prev = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
+            return (_mv(lower, y) + _mv(sub, y_prev)).ravel()[:d]
+
+        zb = self._pad(z)
+        az = product(factor.lower, factor.sub, zb)
+        scale = product(jnp.abs(factor.lower), jnp.abs(factor.sub), jnp.abs(zb))
+        return az, scale
+
     def logdet(self, factor):
         # The padding blocks are identities: they add nothing.
         return _logdet_from_lower(factor.lower)
@@ -528,7 +554,7 @@ BandedHessian.__init__.__doc__ = """**Arguments:**
     the Hessian in the flattened `theta` (1 for a tridiagonal Hessian). Neighbours in
     the chain must be neighbours in `theta`'s flattened order. Meant for small
     bandwidths (up to a few tens): the blocks are unrolled over `bandwidth`.
-- `verify`: check the band at every factorisation with one extra Hessian-vector
-    product (default `True`). Turn it off only for a model already checked: a
+- `verify`: check the band with one extra Hessian-vector product (default
+    `True`), once per inner solve. Turn it off only for a model already checked: a
     violated structure then gives silently wrong values.
 """

@@ -336,6 +336,32 @@ def test_check_on_the_factor_agrees_with_the_check_at_factorisation(name):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("bandwidth", [1, 3])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_factorise_and_solve_equals_factorise_then_solve(bandwidth, sign):
+    # Newton's step uses `factorise_and_solve` (fused for a tridiagonal band); it
+    # must agree with the two separate calls, including for an indefinite Hessian
+    # (`sign = -1`: the negated model), whose factor is the identity.
+    sv = CASES["banded1-sv"][0]
+    phi = CASES["banded1-sv"][2]
+    theta = jnp.linspace(-1.0, 0.5, 60)
+    fn = _NegativeLogJoint(lambda t, p: sign * sv(t, p), TreeRaveller(theta))
+    strategy = lapsample.BandedHessian(bandwidth=bandwidth).without_checks()
+    v = jnp.cos(jnp.arange(60.0))
+
+    @eqx.filter_jit
+    def both(s):
+        fused = s.factorise_and_solve(fn, theta, phi, v)
+        factor = s.factorise(fn, theta, phi)
+        return fused, (factor, s.solve(factor, v))
+
+    (fused_factor, fused_x), (factor, x) = both(strategy)
+    assert bool(factor.positive_definite) == (sign > 0)
+    for a, b in zip(jax.tree.leaves(fused_factor), jax.tree.leaves(factor)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(fused_x, x, rtol=1e-12, atol=1e-14)
+
+
 def test_check_on_the_factor_leaves_indefinite_to_its_own_code():
     # A Hessian with the declared structure that is not positive definite (the
     # negated SV model) must be reported as such, not as a violated structure:

@@ -127,6 +127,19 @@ class AbstractHessianStrategy(eqx.Module):
         positive definite or not finite.
         """
 
+    def factorise_and_solve(
+        self,
+        fn: FlatFn,
+        theta: Float[Array, " d"],
+        phi: PyTree[Array],
+        vector: Float[Array, " d"],
+    ) -> tuple[AbstractFactor, Array]:
+        """`(factorise(fn, theta, phi), A⁻¹ vector)`: what a Newton step needs. By
+        default the two calls; a strategy may fuse them (the tridiagonal one runs
+        the forward substitution inside its factorisation loop)."""
+        factor = self.factorise(fn, theta, phi)
+        return factor, self.solve(factor, vector)
+
     @abc.abstractmethod
     def logdet(self, factor: AbstractFactor) -> Scalar:
         """`log det A` from the factor."""

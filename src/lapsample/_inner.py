@@ -134,8 +134,8 @@ class Newton(AbstractInnerSolver):
 
         def evaluate(theta):
             value, grad = value_and_grad(theta, phi)
-            factor = iterating.factorise(fn, theta, phi)
-            direction = -iterating.solve(factor, grad)
+            factor, step = iterating.factorise_and_solve(fn, theta, phi, grad)
+            direction = -step
             decrement = -jnp.dot(grad, direction)
             # A non-finite gradient makes the direction and the decrement
             # non-finite, so the decrement stands for it (one reduction fewer).

@@ -352,22 +352,40 @@ def _block_tridiagonal_cholesky(diag, sub):
     return out
 
 
-def _tridiagonal_cholesky(a, e):
+def _tridiagonal_cholesky(a, e, rhs=None):
     """Bandwidth 1: the pivots `p_i = a_i − e_i² / p_{i−1}` of `A = L D Lᵀ` (`e_i =
     A[i, i−1]`, `e_0 = 0`) are the only recurrence, one division deep, so the scan
-    is a short dependency chain; square roots and the rest are vectorised."""
+    is a short dependency chain; square roots and the rest are vectorised.
 
-    def step(pivot_prev, inputs):
+    With `rhs`, the same scan also runs the forward substitution of `A x = rhs`
+    (`u_i = rhs_i − (e_i / p_{i−1}) u_{i−1}`, then `y = u / √p = L⁻¹ rhs`), one
+    sequential loop instead of two; returns `y` as a fourth output."""
+
+    def pivots_only(pivot_prev, inputs):
         a_i, e_i = inputs
         pivot = a_i - e_i * (e_i / pivot_prev)
         return pivot, pivot
 
-    _, pivots = jax.lax.scan(step, jnp.ones_like(a[0]), (a, e))
+    def with_forward(carry, inputs):
+        pivot_prev, u_prev = carry
+        a_i, e_i, r_i = inputs
+        multiplier = e_i / pivot_prev
+        pivot = a_i - e_i * multiplier
+        u = r_i - multiplier * u_prev
+        return (pivot, u), (pivot, u)
+
+    one = jnp.ones_like(a[0])
+    if rhs is None:
+        _, pivots = jax.lax.scan(pivots_only, one, (a, e))
+    else:
+        init = (one, jnp.zeros_like(one))
+        _, (pivots, u) = jax.lax.scan(with_forward, init, (a, e, rhs))
     lower = jnp.sqrt(pivots)
     previous = jnp.concatenate([jnp.ones_like(lower[:1]), lower[:-1]])
     c = e / previous
     inverse = 1.0 / lower
-    return lower[:, None, None], c[:, None, None], inverse[:, None, None]
+    out = (lower[:, None, None], c[:, None, None], inverse[:, None, None])
+    return out if rhs is None else (*out, (u * inverse)[:, None])
 
 
 def _next_sub(sub):
@@ -474,7 +492,8 @@ class BandedHessian(AbstractStructuredHessian):
         nb = -(-d // b)
         return jnp.pad(vector, (0, nb * b - d)).reshape(nb, b)
 
-    def factorise(self, fn, theta, phi):
+    def _assemble(self, fn, theta, phi):
+        """The symmetrised band blocks and the structure check's verdict."""
         z = probe_vector(theta) if self.verify else None
         diag, sub, hz = self._band(fn, theta, phi, z)
         diag = 0.5 * (diag + _mT(diag))
@@ -485,7 +504,9 @@ class BandedHessian(AbstractStructuredHessian):
             structure_ok = structure_agrees(hz, az, scale.ravel()[:d])
         else:
             structure_ok = jnp.array(True)
-        lower, c, inverse = _block_tridiagonal_cholesky(diag, sub)
+        return diag, sub, structure_ok
+
+    def _factor(self, lower, c, inverse, structure_ok, size):
         # One fused test: every entry finite and every pivot positive.
         pivot = jnp.eye(lower.shape[-1], dtype=bool)
         entry_ok = jnp.isfinite(lower) & jnp.isfinite(c) & jnp.isfinite(inverse)
@@ -493,14 +514,34 @@ class BandedHessian(AbstractStructuredHessian):
         lower = jnp.where(ok, lower, _identity_like(lower))
         c = jnp.where(ok, c, 0.0)
         inverse = jnp.where(ok, inverse, _identity_like(inverse))
-        return BandedFactor(
+        factor = BandedFactor(
             lower=lower,
             sub=c,
             inverse_lower=inverse,
             positive_definite=ok & structure_ok,
             structure_ok=structure_ok,
-            size=theta.shape[0],
+            size=size,
         )
+        return factor, ok
+
+    def factorise(self, fn, theta, phi):
+        diag, sub, structure_ok = self._assemble(fn, theta, phi)
+        lower, c, inverse = _block_tridiagonal_cholesky(diag, sub)
+        return self._factor(lower, c, inverse, structure_ok, theta.shape[0])[0]
+
+    def factorise_and_solve(self, fn, theta, phi, vector):
+        if self.bandwidth != 1:
+            return super().factorise_and_solve(fn, theta, phi, vector)
+        # Tridiagonal: the forward substitution rides along in the pivot scan.
+        diag, sub, structure_ok = self._assemble(fn, theta, phi)
+        previous_sub = jnp.concatenate([jnp.zeros_like(sub[:1]), sub[:-1]])
+        lower, c, inverse, y = _tridiagonal_cholesky(
+            diag[:, 0, 0], previous_sub[:, 0, 0], vector
+        )
+        factor, ok = self._factor(lower, c, inverse, structure_ok, theta.shape[0])
+        # Where the factor was replaced by the identity, so is its solve.
+        y = jnp.where(ok, y, vector[:, None])
+        return factor, _band_backward(factor, y).ravel()
 
     def _factor_product(self, factor, z):
         d = z.shape[0]

@@ -468,9 +468,9 @@ class DiagonalHessian(AbstractStructuredHessian):
     With off-diagonal curvature the product with ones returns row sums, so the
     structure is checked with one more Hessian-vector product (see `verify`; once per
     inner solve, on the factor at the mode): a violation gives a factor with
-    `structure_ok = False`,
-    a marginal of `-inf` and the code `RESULTS.structure_violated`;
-    [`lapsample.LaplaceMarginal.check`][] raises a `ValueError` before compilation.
+    `structure_ok = False`, a marginal of `-inf` and the code
+    `RESULTS.structure_violated`; [`lapsample.LaplaceMarginal.check`][] raises a
+    `ValueError` before compilation.
     """
 
     verify: bool = True

@@ -397,6 +397,20 @@ def _linear_recurrence(w, g, reverse: bool = False):
     """`x_I = w_I − G_I x_{I∓1}` (previous block forwards, next block backwards),
     starting from zero: the only sequential part of a banded solve."""
 
+    if w.shape[-1] == 1:
+        # Bandwidth 1: the same recurrence on scalars (XLA:CPU runs the loop about
+        # twice as fast as on 1 × 1 blocks; the results are identical).
+        def scalar_step(x_other, inputs):
+            w_i, g_i = inputs
+            x = w_i - g_i * x_other
+            return x, x
+
+        inputs = (w[:, 0], g[:, 0, 0])
+        _, x = jax.lax.scan(
+            scalar_step, jnp.zeros_like(w[0, 0]), inputs, reverse=reverse
+        )
+        return x[:, None]
+
     def step(x_other, inputs):
         w_i, g_i = inputs
         x = w_i - _mv(g_i, x_other)
@@ -435,6 +449,19 @@ def _band_selected_inverse(factor: BandedFactor):
     inverse = factor.inverse_lower
     f = _coupling(factor)
     own = _mm(_mT(inverse), inverse)
+
+    if inverse.shape[-1] == 1:
+        # Bandwidth 1: the same recurrence on scalars (faster loop, same numbers).
+        def scalar_step(s_next, inputs):
+            own_i, f_i = inputs
+            t = s_next * f_i
+            s_diag = own_i + f_i * t
+            return s_diag, (s_diag, -t)
+
+        init = jnp.zeros_like(own[0, 0, 0])
+        inputs = (own[:, 0, 0], f[:, 0, 0])
+        _, (s_diag, s_sub) = jax.lax.scan(scalar_step, init, inputs, reverse=True)
+        return s_diag[:, None, None], s_sub[:, None, None]
 
     def step(s_next, inputs):
         own_i, f_i = inputs

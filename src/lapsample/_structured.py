@@ -334,7 +334,7 @@ def _block_tridiagonal_cholesky(diag, sub):
     """Returns `(lower, c, inverse_lower)` with `c[I] = L[I, I-1]` (`c[0] = 0`) and
     `inverse_lower[I] = L[I, I]⁻¹`."""
     b = diag.shape[-1]
-    previous_sub = jnp.concatenate([jnp.zeros_like(sub[:1]), sub[:-1]])
+    previous_sub = _shift_down(sub)
     if b == 1:
         return _tridiagonal_cholesky(diag[:, 0, 0], previous_sub[:, 0, 0])
     identity = jnp.eye(b, dtype=diag.dtype)
@@ -388,9 +388,14 @@ def _tridiagonal_cholesky(a, e, rhs=None):
     return out if rhs is None else (*out, (u * inverse)[:, None])
 
 
-def _next_sub(sub):
-    # sub[I+1] = L[I+1, I], zero past the end.
-    return jnp.concatenate([sub[1:], jnp.zeros_like(sub[:1])])
+def _shift_up(x):
+    """`x[I+1]` at `I` along the leading (block) axis, zero past the end."""
+    return jnp.concatenate([x[1:], jnp.zeros_like(x[:1])])
+
+
+def _shift_down(x):
+    """`x[I-1]` at `I` along the leading (block) axis, zero before the start."""
+    return jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
 
 
 def _linear_recurrence(w, g, reverse: bool = False):
@@ -429,7 +434,7 @@ def _band_forward(factor: BandedFactor, v):
 def _coupling(factor: BandedFactor):
     """`F_I = L[I+1, I] L_I⁻¹`, the coupling of block `I` to the next in the
     backward recurrences (zero for the last block)."""
-    return _mm(_next_sub(factor.sub), factor.inverse_lower)
+    return _mm(_shift_up(factor.sub), factor.inverse_lower)
 
 
 def _band_backward(factor: BandedFactor, y):
@@ -561,7 +566,7 @@ class BandedHessian(AbstractStructuredHessian):
             return super().factorise_and_solve(fn, theta, phi, vector)
         # Tridiagonal: the forward substitution rides along in the pivot scan.
         diag, sub, structure_ok = self._assemble(fn, theta, phi)
-        previous_sub = jnp.concatenate([jnp.zeros_like(sub[:1]), sub[:-1]])
+        previous_sub = _shift_down(sub)
         lower, c, inverse, y = _tridiagonal_cholesky(
             diag[:, 0, 0], previous_sub[:, 0, 0], vector
         )
@@ -576,10 +581,8 @@ class BandedHessian(AbstractStructuredHessian):
         def product(lower, sub, x):
             # Lᵀ x: block I gets L[I, I]ᵀ x_I + L[I+1, I]ᵀ x_{I+1}; then L y:
             # block I gets L[I, I] y_I + L[I, I−1] y_{I−1}.
-            x_next = jnp.concatenate([x[1:], jnp.zeros_like(x[:1])])
-            y = _mv(_mT(lower), x) + _mv(_mT(_next_sub(sub)), x_next)
-            y_prev = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
-            return (_mv(lower, y) + _mv(sub, y_prev)).ravel()[:d]
+            y = _mv(_mT(lower), x) + _mv(_mT(_shift_up(sub)), _shift_up(x))
+            return (_mv(lower, y) + _mv(sub, _shift_down(y))).ravel()[:d]
 
         zb = self._pad(z)
         az = product(factor.lower, factor.sub, zb)

@@ -5,7 +5,8 @@ stochastic_volatility.py), float64 on CPU. Prints three tables:
    `BandedHessian(1)`, from a cold start (`theta_init`) and warm-started at the mode
    (as inside a sampler), with what a dense Hessian would need.
 2. Banded vs dense value+grad time at a few T (warm start at the mode), and the
-   banded value+grad against T inside a compiled loop (2b).
+   banded value+grad against T inside a compiled loop (2b), next to the same model
+   as a `LatentGaussianMarginal` with the AR(1) precision.
 3. T = 1000: ESS/s of phi from `lapsample.sample` (banded Laplace marginal, NUTS
    with a dense metric) vs full-joint non-centred NUTS in NumPyro (diagonal
    metric, its default) on the same data, 4 chains × 1000 warm-up + 1000 draws
@@ -50,7 +51,13 @@ import lapsample
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from stochastic_volatility import marginal_for, PHI_INIT, PHI_NAMES, simulate  # noqa: E402
+from stochastic_volatility import (  # noqa: E402
+    latent_gaussian_marginal_for,
+    marginal_for,
+    PHI_INIT,
+    PHI_NAMES,
+    simulate,
+)
 
 
 @eqx.filter_jit
@@ -116,40 +123,54 @@ def banded_vs_dense(sizes=(100, 300, 1000)):
     return rows
 
 
+def _loop_time(marginal, phi, theta, calls, repeats):
+    """Seconds per value+grad inside one compiled loop of `calls` calls."""
+
+    @jax.jit
+    def loop(phi, theta):
+        def body(_, acc):
+            # `acc` is ~0: it chains the calls so none is hoisted or skipped.
+            (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(
+                phi + 1e-300 * acc, theta
+            )
+            return acc + 1e-300 * (value + grad.sum() + aux.theta_star[0])
+
+        return jax.lax.fori_loop(0, calls, body, 0.0)
+
+    jax.block_until_ready(loop(phi, theta))
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(loop(phi, theta))
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
 def banded_scaling(sizes=(100, 300, 1000, 3000, 10_000), repeats=5):
     """Value+grad time against T inside one compiled loop (no dispatch from Python
-    per call), warm-started at the mode of a nearby phi, and a least-squares line."""
+    per call), warm-started at the mode of a nearby phi, and a least-squares line;
+    the same model as a latent Gaussian with the AR(1) precision alongside."""
     print("== 2b. banded value+grad against T, compiled loop, warm start ==")
-    print(f"{'T':>6} {'us':>9} {'Newton steps':>13}")
+    print(f"{'T':>6} {'banded us':>10} {'latent-Gaussian us':>19} {'Newton steps':>13}")
     times = []
     for t in sizes:
-        marginal = marginal_for(simulate(t))
+        y = simulate(t)
+        marginal = marginal_for(y)
         (_, aux), _ = _value_and_grad(marginal, PHI_INIT, marginal.theta_init)
         phi = PHI_INIT + 1e-3
         calls = max(10, 100_000 // t)
-
-        @jax.jit
-        def loop(phi, theta):
-            def body(_, acc):
-                # `acc` is ~0: it chains the calls so none is hoisted or skipped.
-                (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(
-                    phi + 1e-300 * acc, theta
-                )
-                return acc + 1e-300 * (value + grad.sum() + aux.theta_star[0])
-
-            return jax.lax.fori_loop(0, calls, body, 0.0)
-
-        jax.block_until_ready(loop(phi, aux.theta_star))
-        best = np.inf
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(loop(phi, aux.theta_star))
-            best = min(best, (time.perf_counter() - start) / calls)
+        best = _loop_time(marginal, phi, aux.theta_star, calls, repeats)
+        latent = _loop_time(
+            latent_gaussian_marginal_for(y), phi, aux.theta_star, calls, repeats
+        )
         (_, warm), _ = _value_and_grad(marginal, phi, aux.theta_star)
-        print(f"{t:>6} {1e6 * best:>9.1f} {int(warm.num_steps):>13}")
+        print(
+            f"{t:>6} {1e6 * best:>10.1f} {1e6 * latent:>19.1f} "
+            f"{int(warm.num_steps):>13}"
+        )
         times.append(best)
     slope, intercept = np.polyfit(np.asarray(sizes, float), 1e6 * np.asarray(times), 1)
-    print(f"least squares: {intercept:.1f} us + {slope:.3f} us × T")
+    print(f"least squares (banded): {intercept:.1f} us + {slope:.3f} us × T")
     return times
 
 

@@ -163,6 +163,21 @@ def _models(name, form):
     return marginal, log_joint, phi
 
 
+def _assert_agrees_with_dense(marginal, log_joint, phi):
+    """Mode, value and gradient equal to `LaplaceMarginal(log_joint)` (dense)."""
+    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)
+    assert aux.result == ls.RESULTS.successful
+    # The dense path starts at our mode and verifies it with its own Newton.
+    dense = ls.LaplaceMarginal(log_joint, aux.theta_star)
+    (value_d, aux_d), grad_d = jax.jit(jax.value_and_grad(dense, has_aux=True))(phi)
+    assert aux_d.result == ls.RESULTS.successful
+    np.testing.assert_allclose(aux.theta_star, aux_d.theta_star, atol=1e-9)
+    np.testing.assert_allclose(value, value_d, rtol=1e-10)
+    np.testing.assert_allclose(
+        grad, grad_d, rtol=1e-8, atol=1e-8 * jnp.abs(grad_d).max()
+    )
+
+
 # Each likelihood once in the fast suite, alternating forms; the other four
 # combinations (each a dense compile) run with the slow tests.
 _FAST_PAIRS = {
@@ -187,17 +202,57 @@ _FAST_PAIRS = {
 )
 def test_agrees_with_dense_laplace(name, form):
     marginal, log_joint, phi = _models(name, form)
-    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)
-    assert aux.result == ls.RESULTS.successful
-    # The dense path starts at our mode and verifies it with its own Newton.
-    dense = ls.LaplaceMarginal(log_joint, aux.theta_star)
-    (value_d, aux_d), grad_d = jax.jit(jax.value_and_grad(dense, has_aux=True))(phi)
-    assert aux_d.result == ls.RESULTS.successful
-    np.testing.assert_allclose(aux.theta_star, aux_d.theta_star, atol=1e-9)
-    np.testing.assert_allclose(value, value_d, rtol=1e-10)
-    np.testing.assert_allclose(
-        grad, grad_d, rtol=1e-8, atol=1e-8 * jnp.abs(grad_d).max()
+    _assert_agrees_with_dense(marginal, log_joint, phi)
+
+
+def _difference_precision(order: int):
+    """`phi -> (Q_band, Q)`: `Q = e^{-2 phi0} DᵀD + e^{phi1} I` with `D` the
+    `order`-th difference matrix (a random walk of that order plus a ridge), of
+    bandwidth `order`. The band's ignored tail entries hold garbage (1e3): the
+    marginal must not read them."""
+    d = np.eye(N)
+    for _ in range(order):
+        d = d[1:] - d[:-1]
+    structure = d.T @ d if order else np.zeros((N, N))
+    bands = np.full((order + 1, N), 1e3)
+    for k in range(order + 1):
+        bands[k, : N - k] = np.diagonal(structure, -k)
+    ridge = np.zeros((order + 1, N))
+    ridge[0] = 1.0
+
+    def band(phi):
+        return jnp.exp(-2 * phi[0]) * bands + jnp.exp(phi[1]) * ridge
+
+    def dense(phi):
+        return jnp.exp(-2 * phi[0]) * structure + jnp.exp(phi[1]) * jnp.eye(N)
+
+    return band, dense
+
+
+@pytest.mark.parametrize("order", [0, 2, 3])
+def test_precision_form_agrees_with_dense_at_any_bandwidth(order):
+    # Bandwidth 1 is covered above; 0 (a diagonal Q), 2 and 3 (blocks of 2 and 3
+    # latents, the last block of 3 padded) run the general block recurrences.
+    band, dense_q = _difference_precision(order)
+    lik, _ = _likelihood_cases()["poisson"]
+    marginal = ls.LatentGaussianMarginal(
+        lik, precision=band, mean=lambda phi: phi[2], log_prior=_log_prior
     )
+
+    def log_joint(theta, phi):
+        q = dense_q(phi)
+        r = theta - phi[2]
+        half_logdet_q = jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(q))))
+        return (
+            _log_prior(phi)
+            - 0.5 * r @ q @ r
+            + half_logdet_q
+            - 0.5 * N * math.log(2 * math.pi)
+            + lik.log_density(theta, None)
+        )
+
+    phi = jnp.array([-0.3, -0.5, 0.4])
+    _assert_agrees_with_dense(marginal, log_joint, phi)
 
 
 @pytest.mark.parametrize("form", ["covariance", "precision"])

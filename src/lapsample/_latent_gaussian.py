@@ -31,8 +31,11 @@ banded Cholesky, and
     log q(phi) = ℓ(theta*) - ½ rᵀ Q r + ½ log det Q - ½ log det(Q + W),  r = theta* - m.
 
 Its gradient is `∂_phi[ḡ·log q + uᵀ ∇_theta log q]` at fixed `theta*` with
-`u = (Q + W)⁻¹ s` as above (`diag(Σ)` from reverse-mode AD of the banded
-log-determinant), by one reverse pass through the banded Cholesky and `Q(phi)`.
+`u = (Q + W)⁻¹ s` as above. Each log-determinant enters through its linearisation
+`tr(A⁻¹ dA)`, with the band of `(Q + W)⁻¹` (whose diagonal is `diag(Σ)`) and of `Q⁻¹`
+from the selected inverse of the banded factors, so no recurrence is differentiated:
+one reverse pass through `Q(phi)`, `m(phi)` and the likelihood. The banded
+factorisations, solves and selected inverses are `BandedHessian`'s (`_structured.py`).
 """
 
 from collections.abc import Callable
@@ -49,25 +52,24 @@ from ._likelihoods import AbstractLikelihood
 from ._marginal import AbstractMarginal, MarginalAux
 from ._misc import default_tolerance
 from ._results import RESULTS
+from ._structured import (
+    _band_selected_inverse,
+    add_to_block_diagonal,
+    banded_draw,
+    banded_factorise,
+    banded_logdet,
+    banded_solve,
+    BandedFactor,
+    lower_bands_to_blocks,
+)
 
 
 # --------------------------------------------------------------------------------
-# Banded symmetric matrices. Storage: lower bands, `band[k, i] = A[i + k, i]` for
-# k = 0..b (entries past the end are ignored). The Cholesky factor is kept by rows:
-# `rows[i, k] = L[i, i - b + k]`, k = 0..b (k = b is the diagonal).
+# Banded precision: lower-band storage, `band[k, i] = Q[i + k, i]` for k = 0..b (the
+# last k entries of row k are ignored). Factorisations, solves and the selected
+# inverse are those of `BandedHessian` (`_structured.py`), on the blocks of
+# `lower_bands_to_blocks`.
 # --------------------------------------------------------------------------------
-
-
-def _band_to_rows(band: Float[Array, "b1 n"]) -> Float[Array, "n b1"]:
-    """`rows[i, k] = A[i, i - b + k]`, zero where `i - b + k < 0`."""
-    b = band.shape[0] - 1
-    n = band.shape[1]
-    cols = []
-    for k in range(b + 1):
-        sub = b - k  # A[i, i - sub] = band[sub, i - sub]
-        shifted = jnp.concatenate([jnp.zeros(sub, band.dtype), band[sub, : n - sub]])
-        cols.append(shifted)
-    return jnp.stack(cols, axis=1)
 
 
 def band_matvec(band: Float[Array, "b1 n"], x: Float[Array, " n"]) -> Array:
@@ -81,79 +83,10 @@ def band_matvec(band: Float[Array, "b1 n"], x: Float[Array, " n"]) -> Array:
     return out
 
 
-def band_add_diagonal(band: Float[Array, "b1 n"], diag: Float[Array, " n"]) -> Array:
-    return band.at[0].add(diag)
-
-
-def band_cholesky(band: Float[Array, "b1 n"]) -> Float[Array, "n b1"]:
-    """Lower Cholesky factor of a symmetric positive-definite banded matrix, by rows
-    (NaN where the matrix is not positive definite). One pass over the rows, each a
-    `b × b` triangular solve against the previous `b` rows of the factor."""
-    b = band.shape[0] - 1
-    if b == 0:
-        return jnp.sqrt(band[0])[:, None]
-    rows = _band_to_rows(band)
-    r_idx = jnp.arange(b)[:, None]
-    c_idx = jnp.arange(b)[None, :]
-    gather = jnp.clip(c_idx - r_idx + b, 0, b)
-    below = c_idx <= r_idx
-    # b leading dummy rows of the identity, decoupled from the matrix.
-    init = jnp.zeros((b, b + 1), band.dtype).at[:, b].set(1.0)
-
-    def step(window, row):
-        tri = jnp.where(below, jnp.take_along_axis(window, gather, axis=1), 0.0)
-        x = jsl.solve_triangular(tri, row[:b], lower=True)
-        diag = jnp.sqrt(row[b] - jnp.dot(x, x))
-        new = jnp.concatenate([x, diag[None]])
-        return jnp.concatenate([window[1:], new[None]]), new
-
-    _, factor = jax.lax.scan(step, init, rows)
-    return factor
-
-
-def band_logdet(factor_rows: Float[Array, "n b1"]) -> Array:
-    return 2.0 * jnp.sum(jnp.log(factor_rows[:, -1]))
-
-
-def _band_forward(factor_rows, v):
-    """Solve `L z = v`."""
-    b = factor_rows.shape[1] - 1
-    if b == 0:
-        return v / factor_rows[:, 0]
-
-    def step(prev, inputs):
-        row, vi = inputs
-        zi = (vi - jnp.dot(row[:b], prev)) / row[b]
-        return jnp.concatenate([prev[1:], zi[None]]), zi
-
-    _, z = jax.lax.scan(step, jnp.zeros(b, v.dtype), (factor_rows, v))
-    return z
-
-
-def _band_backward(factor_rows, z):
-    """Solve `Lᵀ x = z`."""
-    b = factor_rows.shape[1] - 1
-    if b == 0:
-        return z / factor_rows[:, 0]
-    n = z.shape[0]
-    # cols[i, t - 1] = L[i + t, i] = rows[i + t, b - t], t = 1..b.
-    padded = jnp.concatenate([factor_rows, jnp.zeros((b, b + 1), z.dtype)])
-    cols = jnp.stack([padded[t : t + n, b - t] for t in range(1, b + 1)], axis=1)
-
-    def step(nxt, inputs):
-        col, diag, zi = inputs
-        xi = (zi - jnp.dot(col, nxt)) / diag
-        return jnp.concatenate([xi[None], nxt[:-1]]), xi
-
-    _, x = jax.lax.scan(
-        step, jnp.zeros(b, z.dtype), (cols, factor_rows[:, b], z), reverse=True
-    )
-    return x
-
-
-def band_solve(factor_rows, v):
-    """`A⁻¹ v` from the banded Cholesky factor of `A`."""
-    return _band_backward(factor_rows, _band_forward(factor_rows, v))
+def _blocks_inner(s_blocks, blocks) -> Array:
+    """`Σ_ij S_ij A_ij` over the block-tridiagonal pattern of symmetric `S` and
+    `A` (diagonal blocks once, the sub-diagonal blocks for both triangles)."""
+    return jnp.sum(s_blocks[0] * blocks[0]) + 2.0 * jnp.sum(s_blocks[1] * blocks[1])
 
 
 # --------------------------------------------------------------------------------
@@ -359,7 +292,7 @@ class _PrecState(eqx.Module):
     value: Array  # Ψ(theta) = ℓ(theta) - ½ rᵀ Q r
     direction: Array
     decrement: Array
-    factor: Array  # banded Cholesky of Q + W at theta, by rows
+    factor: BandedFactor  # of Q + W at theta
     ok: Bool[Array, ""]
     num_steps: Int[Array, ""]
     done: Bool[Array, ""]
@@ -372,20 +305,17 @@ def _prec_psi(lik, params, band, mean, theta):
     )
 
 
-def _prec_evaluate(lik, params, band, mean, theta, num_steps):
+def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps):
     value_terms, d1, d2, _ = lik.derivatives(theta, params)
     r = theta - mean
     qr = band_matvec(band, r)
     value = jnp.sum(value_terms) - 0.5 * jnp.dot(r, qr)
     grad = d1 - qr
-    factor = band_cholesky(band_add_diagonal(band, -d2))
-    direction = band_solve(factor, grad)
-    decrement = jnp.dot(grad, direction)
-    ok = (
-        jnp.isfinite(value)
-        & jnp.all(jnp.isfinite(factor))
-        & jnp.all(jnp.isfinite(direction))
+    factor, factor_ok, direction = banded_factorise(
+        add_to_block_diagonal(q_blocks[0], -d2), q_blocks[1], theta.shape[0], rhs=grad
     )
+    decrement = jnp.dot(grad, direction)
+    ok = jnp.isfinite(value) & factor_ok & jnp.all(jnp.isfinite(direction))
     return _PrecState(
         theta, value, direction, decrement, factor, ok, num_steps, jnp.array(False)
     )
@@ -393,6 +323,7 @@ def _prec_evaluate(lik, params, band, mean, theta, num_steps):
 
 def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
     dtype = band.dtype
+    q_blocks = lower_bands_to_blocks(band)
     psi_mean = _prec_psi(lik, params, band, mean, mean)
     if theta_guess is None:
         theta0 = mean
@@ -411,7 +342,10 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
     def negligible(s):
         return _max_abs(s.direction) <= settings.xtol * (1 + _max_abs(s.theta))
 
-    state = _prec_evaluate(lik, params, band, mean, theta0, jnp.array(0))
+    def evaluate(theta, num_steps):
+        return _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps)
+
+    state = evaluate(theta0, jnp.array(0))
     state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
 
     def cond(s):
@@ -424,9 +358,7 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
         step, accepted = _backtrack(
             trial_value, s.value, s.decrement, acceptable(s), settings, dtype
         )
-        new = _prec_evaluate(
-            lik, params, band, mean, s.theta + step * s.direction, s.num_steps + 1
-        )
+        new = evaluate(s.theta + step * s.direction, s.num_steps + 1)
         stalled = (step == 1) & (_max_abs(new.direction) > 0.5 * _max_abs(s.direction))
         new = eqx.tree_at(
             lambda x: x.done,
@@ -441,11 +373,11 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
     result = RESULTS.where(
         converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
     )
-    prior_factor = band_cholesky(band)
-    pd = jnp.all(jnp.isfinite(s.factor)) & jnp.all(jnp.isfinite(prior_factor))
+    prior_factor, prior_ok = banded_factorise(*q_blocks, band.shape[1])
+    pd = s.factor.positive_definite & prior_ok
     result = RESULTS.where(pd, result, RESULTS.hessian_not_positive_definite)
-    value = s.value + 0.5 * band_logdet(prior_factor) - 0.5 * band_logdet(s.factor)
-    return value, s.theta, s.factor, result, s.num_steps
+    value = s.value + 0.5 * banded_logdet(prior_factor) - 0.5 * banded_logdet(s.factor)
+    return value, s.theta, (s.factor, prior_factor), result, s.num_steps
 
 
 # --------------------------------------------------------------------------------
@@ -517,25 +449,32 @@ def _cov_cotangents(lik, theta, a, lower, cov, mean, params, value_bar, theta_ba
     return cov_bar, mean_bar, lik_terms
 
 
-def _prec_cotangents(lik, theta, factor, band, mean, params, value_bar, theta_bar):
+def _prec_cotangents(lik, theta, factors, band, mean, params, value_bar, theta_bar):
+    factor, prior_factor = factors
     _, _, d2, d3 = lik.derivatives(theta, params)
-    diag_sigma = jax.grad(
-        lambda w: band_logdet(band_cholesky(band_add_diagonal(band, w)))
-    )(-d2)
+    # The band of (Q + W)⁻¹ and of Q⁻¹ (selected inverses): the derivatives of the
+    # two log-determinants, as constants in the linearisation below.
+    sigma_blocks = jax.lax.stop_gradient(_band_selected_inverse(factor))
+    prior_inverse = jax.lax.stop_gradient(_band_selected_inverse(prior_factor))
+    diag_sigma = jnp.diagonal(sigma_blocks[0], axis1=-2, axis2=-1).ravel()
+    diag_sigma = diag_sigma[: theta.shape[0]]
     s = 0.5 * value_bar * diag_sigma * d3
     if theta_bar is not None:
         s = s + theta_bar
-    u = band_solve(factor, s)
+    u = banded_solve(factor, s)
 
     def terms(band_, mean_, p):
+        # ḡ·log q + uᵀ∇_theta log q at fixed theta*, with each log-determinant
+        # replaced by its linearisation tr(A⁻¹ dA) (same first derivatives).
         l0, l1, l2, _ = lik.derivatives(theta, p)
         r = theta - mean_
         qr = band_matvec(band_, r)
+        q_blocks = lower_bands_to_blocks(band_)
         log_q = (
             jnp.sum(l0)
             - 0.5 * jnp.dot(r, qr)
-            + 0.5 * band_logdet(band_cholesky(band_))
-            - 0.5 * band_logdet(band_cholesky(band_add_diagonal(band_, -l2)))
+            + 0.5 * _blocks_inner(prior_inverse, q_blocks)
+            - 0.5 * (_blocks_inner(sigma_blocks, q_blocks) - jnp.dot(diag_sigma, l2))
         )
         return value_bar * log_q + jnp.dot(u, l1 - qr)
 
@@ -554,8 +493,7 @@ def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settin
     # zeroed at the end anyway).
     theta = jnp.where(ok, theta, mean)
     if settings.precision_form:
-        eye = jnp.zeros_like(mat).at[0].set(1.0)
-        factor = jnp.where(ok, factor, band_cholesky(eye))
+        # The banded factors are finite even where a factorisation failed.
         terms = _prec_cotangents(
             lik, theta, factor, mat, mean, params, value_bar, theta_bar
         )
@@ -804,11 +742,15 @@ class LatentGaussianMarginal(AbstractMarginal):
         n = w.shape[0]
         half_log_2pi = 0.5 * n * jnp.log(2 * jnp.pi)
         if self.precision is not None:
-            factor = band_cholesky(band_add_diagonal(mat, w))
-            half_logdet_q = 0.5 * band_logdet(band_cholesky(mat))
+            q_diag, q_sub = lower_bands_to_blocks(mat)
+            factor, ok = banded_factorise(add_to_block_diagonal(q_diag, w), q_sub, n)
+            prior_factor, prior_ok = banded_factorise(q_diag, q_sub, n)
+            half_logdet_q = jnp.where(
+                prior_ok, 0.5 * banded_logdet(prior_factor), jnp.nan
+            )
 
             def draw(key):
-                return _band_backward(factor, jr.normal(key, (n,), mat.dtype))
+                return jnp.where(ok, banded_draw(factor, key), jnp.nan)
 
             def prior_quadratic(u):
                 return jnp.dot(u, band_matvec(mat, u))

@@ -479,6 +479,115 @@ def _band_selected_inverse(factor: BandedFactor):
     return s_diag, s_sub
 
 
+def _pad_blocks(vector: Array, b: int) -> Array:
+    """`(d,) -> (nb, b)`, zero-padded to whole blocks."""
+    d = vector.shape[0]
+    nb = -(-d // b)
+    return jnp.pad(vector, (0, nb * b - d)).reshape(nb, b)
+
+
+def _banded_factor(lower, c, inverse, structure_ok, size):
+    """The `BandedFactor` of a Cholesky recurrence's output, and whether it is
+    positive definite (every entry finite, every pivot positive). A failed factor is
+    replaced by the identity so that nothing computed from it is NaN."""
+    pivot = jnp.eye(lower.shape[-1], dtype=bool)
+    entry_ok = jnp.isfinite(lower) & jnp.isfinite(c) & jnp.isfinite(inverse)
+    ok = jnp.all(entry_ok & (~pivot | (lower > 0)))
+    lower = jnp.where(ok, lower, _identity_like(lower))
+    c = jnp.where(ok, c, 0.0)
+    inverse = jnp.where(ok, inverse, _identity_like(inverse))
+    factor = BandedFactor(
+        lower=lower,
+        sub=c,
+        inverse_lower=inverse,
+        positive_definite=ok & structure_ok,
+        structure_ok=structure_ok,
+        size=size,
+    )
+    return factor, ok
+
+
+def banded_factorise(diag, sub, size: int, structure_ok=True, rhs=None):
+    """The banded Cholesky factor of the block-tridiagonal `A` (diagonal blocks
+    `diag`, sub-diagonal blocks `sub[I] = A[I+1, I]`, both `(nb, b, b)`) of a
+    `size × size` matrix: `(factor, ok)`, or `(factor, ok, A⁻¹ rhs)` given `rhs`
+    (shape `(size,)`). For bandwidth 1 the forward substitution runs inside the
+    pivot scan."""
+    structure_ok = jnp.asarray(structure_ok)
+    if rhs is None:
+        lower, c, inverse = _block_tridiagonal_cholesky(diag, sub)
+        return _banded_factor(lower, c, inverse, structure_ok, size)
+    if diag.shape[-1] != 1:
+        factor, ok = banded_factorise(diag, sub, size, structure_ok)
+        return factor, ok, banded_solve(factor, rhs)
+    previous_sub = _shift_down(sub)
+    lower, c, inverse, y = _tridiagonal_cholesky(
+        diag[:, 0, 0], previous_sub[:, 0, 0], rhs
+    )
+    factor, ok = _banded_factor(lower, c, inverse, structure_ok, size)
+    # Where the factor was replaced by the identity, so is its solve.
+    y = jnp.where(ok, y, rhs[:, None])
+    return factor, ok, _band_backward(factor, y).ravel()
+
+
+def banded_solve(factor: BandedFactor, vector: Array) -> Array:
+    """`A⁻¹ vector` from the banded factor of `A`."""
+    y = _band_forward(factor, _pad_blocks(vector, factor.lower.shape[-1]))
+    return _band_backward(factor, y).ravel()[: vector.shape[0]]
+
+
+def banded_logdet(factor: BandedFactor) -> Array:
+    # The padding blocks are identities: they add nothing.
+    return _logdet_from_lower(factor.lower)
+
+
+def banded_draw(factor: BandedFactor, key) -> Array:
+    """A draw from `N(0, A⁻¹)`, shape `(size,)`: `L⁻ᵀ z` (the padded entries are
+    independent of the rest and dropped)."""
+    nb, b, _ = factor.lower.shape
+    z = jr.normal(key, (nb * b,), dtype=factor.lower.dtype)
+    return _band_backward(factor, z.reshape(nb, b)).ravel()[: factor.size]
+
+
+def lower_bands_to_blocks(band: Float[Array, "k n"]):
+    """A symmetric banded matrix in lower-band storage (`band[k, i] = A[i + k, i]`
+    for `k = 0..b`; the last `k` entries of row `k` are ignored) as the blocks
+    `(diag, sub)` of its block-tridiagonal form, blocks of `max(b, 1)` latents and
+    the padding past `n` an identity block. Linear in `band` (so differentiable),
+    without a gather: one slice of `band` per block entry."""
+    n = band.shape[1]
+    if band.shape[0] == 1:  # diagonal: blocks of one, uncoupled
+        band = jnp.concatenate([band, jnp.zeros_like(band)])
+    b = band.shape[0] - 1
+    nb = -(-n // b)
+    # by_block[k, I, j] = band[k, I b + j]
+    by_block = jnp.pad(band, ((0, 0), (0, nb * b - n))).reshape(b + 1, nb, b)
+    inside = np.arange(nb * b).reshape(nb, b) < n
+    zero = jnp.zeros((nb,), band.dtype)
+    diag, sub = [], []
+    for p in range(b):
+        diag_row, sub_row = [], []
+        for q in range(b):
+            # A[I b + p, I b + q]; the identity past the end.
+            entry = by_block[abs(p - q), :, min(p, q)]
+            both = inside[:, p] & inside[:, q]
+            diag_row.append(jnp.where(both, entry, float(p == q)))
+            # A[(I+1) b + p, I b + q]: inside the band only for p <= q, zero where
+            # the row lies past the end.
+            below = by_block[b + p - q, :, q] if p <= q else zero
+            sub_row.append(jnp.where(np.append(inside[1:, p], False), below, 0.0))
+        diag.append(jnp.stack(diag_row, axis=-1))
+        sub.append(jnp.stack(sub_row, axis=-1))
+    return jnp.stack(diag, axis=-2), jnp.stack(sub, axis=-2)
+
+
+def add_to_block_diagonal(diag: Array, vector: Array) -> Array:
+    """The blocks `diag` `(nb, b, b)` plus `diag(vector)`, `vector` of shape
+    `(n,)`."""
+    b = diag.shape[-1]
+    return diag + _pad_blocks(vector, b)[:, :, None] * jnp.eye(b, dtype=diag.dtype)
+
+
 class BandedHessian(AbstractStructuredHessian):
     """For models whose Hessian in the flattened `theta` is banded: `A[i, j] = 0`
     for `|i − j| > bandwidth`. Time series and other chain-structured latents: an
@@ -519,10 +628,7 @@ class BandedHessian(AbstractStructuredHessian):
         return diag, sub, (None if extra is None else products[-1])
 
     def _pad(self, vector):
-        d = vector.shape[0]
-        b = self.bandwidth
-        nb = -(-d // b)
-        return jnp.pad(vector, (0, nb * b - d)).reshape(nb, b)
+        return _pad_blocks(vector, self.bandwidth)
 
     def _assemble(self, fn, theta, phi):
         """The symmetrised band blocks and the structure check's verdict."""
@@ -538,42 +644,16 @@ class BandedHessian(AbstractStructuredHessian):
             structure_ok = jnp.array(True)
         return diag, sub, structure_ok
 
-    def _factor(self, lower, c, inverse, structure_ok, size):
-        # One fused test: every entry finite and every pivot positive.
-        pivot = jnp.eye(lower.shape[-1], dtype=bool)
-        entry_ok = jnp.isfinite(lower) & jnp.isfinite(c) & jnp.isfinite(inverse)
-        ok = jnp.all(entry_ok & (~pivot | (lower > 0)))
-        lower = jnp.where(ok, lower, _identity_like(lower))
-        c = jnp.where(ok, c, 0.0)
-        inverse = jnp.where(ok, inverse, _identity_like(inverse))
-        factor = BandedFactor(
-            lower=lower,
-            sub=c,
-            inverse_lower=inverse,
-            positive_definite=ok & structure_ok,
-            structure_ok=structure_ok,
-            size=size,
-        )
-        return factor, ok
-
     def factorise(self, fn, theta, phi):
         diag, sub, structure_ok = self._assemble(fn, theta, phi)
-        lower, c, inverse = _block_tridiagonal_cholesky(diag, sub)
-        return self._factor(lower, c, inverse, structure_ok, theta.shape[0])[0]
+        return banded_factorise(diag, sub, theta.shape[0], structure_ok)[0]
 
     def factorise_and_solve(self, fn, theta, phi, vector):
-        if self.bandwidth != 1:
-            return super().factorise_and_solve(fn, theta, phi, vector)
-        # Tridiagonal: the forward substitution rides along in the pivot scan.
         diag, sub, structure_ok = self._assemble(fn, theta, phi)
-        previous_sub = _shift_down(sub)
-        lower, c, inverse, y = _tridiagonal_cholesky(
-            diag[:, 0, 0], previous_sub[:, 0, 0], vector
+        factor, _, solution = banded_factorise(
+            diag, sub, theta.shape[0], structure_ok, rhs=vector
         )
-        factor, ok = self._factor(lower, c, inverse, structure_ok, theta.shape[0])
-        # Where the factor was replaced by the identity, so is its solve.
-        y = jnp.where(ok, y, vector[:, None])
-        return factor, _band_backward(factor, y).ravel()
+        return factor, solution
 
     def _factor_product(self, factor, z):
         d = z.shape[0]
@@ -590,24 +670,17 @@ class BandedHessian(AbstractStructuredHessian):
         return az, scale
 
     def logdet(self, factor):
-        # The padding blocks are identities: they add nothing.
-        return _logdet_from_lower(factor.lower)
+        return banded_logdet(factor)
 
     def solve(self, factor, vector):
-        d = vector.shape[0]
-        y = _band_forward(factor, self._pad(vector))
-        return _band_backward(factor, y).ravel()[:d]
+        return banded_solve(factor, vector)
 
     def _transform(self, factor, z):
         d = z.shape[0]
         return _band_backward(factor, self._pad(z)).ravel()[:d]
 
     def sample(self, factor, key):
-        nb, b, _ = factor.lower.shape
-        z = jr.normal(key, (nb * b,), dtype=factor.lower.dtype)
-        # L⁻ᵀ z has covariance A⁻¹; the padded entries are independent of the rest
-        # and dropped.
-        return _band_backward(factor, z.reshape(nb, b)).ravel()[: factor.size]
+        return banded_draw(factor, key)
 
     def logdet_surrogate(self, factor, fn, theta, phi):
         s_diag, s_sub = _band_selected_inverse(jax.lax.stop_gradient(factor))

@@ -6,7 +6,9 @@ stochastic_volatility.py), float64 on CPU. Prints three tables:
    (as inside a sampler), with what a dense Hessian would need.
 2. Banded vs dense value+grad time at a few T (warm start at the mode), and the
    banded value+grad against T inside a compiled loop (2b), next to the same model
-   as a `LatentGaussianMarginal` with the AR(1) precision.
+   as a `LatentGaussianMarginal` with the AR(1) precision; and both with the
+   tridiagonal recurrences run sequentially and as associative scans (2c; the
+   associative form is the default off the CPU).
 3. T = 1000: ESS/s of phi from `lapsample.sample` (banded Laplace marginal, NUTS
    with a dense metric) vs full-joint non-centred NUTS in NumPyro (diagonal
    metric, its default) on the same data, 4 chains × 1000 warm-up + 1000 draws
@@ -18,6 +20,7 @@ stochastic_volatility.py), float64 on CPU. Prints three tables:
 
     python benchmarks/structured.py              # everything
     python benchmarks/structured.py --skip-ess   # tables 1 and 2 only
+    python benchmarks/structured.py --only-recurrences   # table 2c (e.g. on a GPU)
 """
 
 import argparse
@@ -174,6 +177,35 @@ def banded_scaling(sizes=(100, 300, 1000, 3000, 10_000), repeats=5):
     return times
 
 
+def recurrence_forms(sizes=(1000, 10_000), repeats=3):
+    """Value+grad with the bandwidth-1 recurrences run sequentially (`lax.scan`)
+    and as associative scans, both marginal forms, on JAX's default backend."""
+    print(
+        f"== 2c. sequential vs associative recurrences on {jax.default_backend()}, "
+        "compiled loop, warm start (ms) =="
+    )
+    print(f"{'T':>7} {'form':16} {'sequential':>11} {'associative':>12}")
+    for t in sizes:
+        y = simulate(t)
+        for form in ("banded", "latent-Gaussian"):
+            row = []
+            for mode in ("sequential", "associative"):
+                if form == "banded":
+                    hessian = lapsample.BandedHessian(1, recurrences=mode)
+                    marginal = marginal_for(y, hessian)
+                else:
+                    marginal = eqx.tree_at(
+                        lambda m: m.recurrences, latent_gaussian_marginal_for(y), mode
+                    )
+                (_, aux), _ = _value_and_grad(marginal, PHI_INIT, marginal.theta_init)
+                calls = max(3, 20_000 // t)
+                seconds = _loop_time(
+                    marginal, PHI_INIT + 1e-3, aux.theta_star, calls, repeats
+                )
+                row.append(1e3 * seconds)
+            print(f"{t:>7} {form:16} {row[0]:>11.3f} {row[1]:>12.3f}")
+
+
 def _laplace_run(y, key, num_warmup, num_samples, num_chains, chain_method):
     start = time.perf_counter()
     results = lapsample.sample(
@@ -276,11 +308,18 @@ def ess_per_second(num_warmup=1000, num_samples=1000, num_chains=4):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-ess", action="store_true")
+    parser.add_argument(
+        "--only-recurrences", action="store_true", help="table 2c alone (for a GPU)"
+    )
     args = parser.parse_args()
     print(f"jax {jax.__version__}, devices {jax.devices()}")
+    if args.only_recurrences:
+        recurrence_forms()
+        return
     big_t()
     banded_vs_dense()
     banded_scaling()
+    recurrence_forms()
     if not args.skip_ess:
         ess_per_second()
 

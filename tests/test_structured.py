@@ -362,6 +362,76 @@ def test_factorise_and_solve_equals_factorise_then_solve(bandwidth, sign):
     np.testing.assert_allclose(fused_x, x, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_associative_recurrences_equal_sequential(sign):
+    # `recurrences="associative"` (the default off the CPU) reorders the
+    # arithmetic of every bandwidth-1 recurrence: factor, solves, draws and the
+    # selected inverse must agree with the sequential scans to rounding, and an
+    # indefinite Hessian (sign = -1) must be detected the same way.
+    sv, _, phi, _ = CASES["banded1-sv"]
+    theta = jnp.linspace(-1.0, 0.5, 60)
+    fn = _NegativeLogJoint(lambda t, p: sign * sv(t, p), TreeRaveller(theta))
+    v = jnp.cos(jnp.arange(60.0))
+
+    @eqx.filter_jit
+    def everything(strategy):
+        factor = strategy.factorise(fn, theta, phi)
+        fused = strategy.factorise_and_solve(fn, theta, phi, v)
+        return (
+            factor,
+            fused,
+            strategy.solve(factor, v),
+            strategy.sample(factor, jax.random.key(0)),
+            lapsample._structured._band_selected_inverse(factor),
+        )
+
+    outputs = {
+        mode: everything(lapsample.BandedHessian(1, recurrences=mode))
+        for mode in ("sequential", "associative")
+    }
+    assert outputs["associative"][0].associative
+    assert not outputs["sequential"][0].associative
+    assert bool(outputs["associative"][0].positive_definite) == (sign > 0)
+    for a, b in zip(
+        jax.tree.leaves(outputs["associative"]), jax.tree.leaves(outputs["sequential"])
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_associative_recurrences_give_the_same_marginals():
+    sv = _load_example("stochastic_volatility")
+    y = sv.simulate(300)
+    phi = sv.PHI_INIT + jnp.array([-0.8, 0.5, 0.3])
+    vg = eqx.filter_jit(lambda m, p: jax.value_and_grad(m, has_aux=True)(p))
+    for make in (
+        lambda mode: sv.marginal_for(y, lapsample.BandedHessian(1, recurrences=mode)),
+        lambda mode: eqx.tree_at(
+            lambda m: m.recurrences, sv.latent_gaussian_marginal_for(y), mode
+        ),
+    ):
+        # The associative form has no sequential loop left over the latents.
+        for mode, loops in (("sequential", True), ("associative", False)):
+            jaxpr = str(eqx.filter_make_jaxpr(vg)(make(mode), phi)[0])
+            assert ("scan[" in jaxpr) == loops, mode
+        (value_s, aux_s), grad_s = vg(make("sequential"), phi)
+        (value_a, aux_a), grad_a = vg(make("associative"), phi)
+        assert aux_a.result == aux_s.result == lapsample.RESULTS.successful
+        np.testing.assert_allclose(value_a, value_s, rtol=1e-12)
+        np.testing.assert_allclose(aux_a.theta_star, aux_s.theta_star, atol=1e-10)
+        np.testing.assert_allclose(grad_a, grad_s, rtol=1e-9)
+
+
+def test_recurrences_must_be_a_known_mode():
+    with pytest.raises(ValueError, match="'auto', 'sequential' or 'associative'"):
+        lapsample.BandedHessian(1, recurrences="parallel")
+    with pytest.raises(ValueError, match="'auto', 'sequential' or 'associative'"):
+        lapsample.LatentGaussianMarginal(
+            lapsample.PoissonLog(jnp.ones(3)),
+            precision=lambda phi: jnp.ones((2, 3)),
+            recurrences="scan",
+        )
+
+
 def test_check_on_the_factor_leaves_indefinite_to_its_own_code():
     # A Hessian with the declared structure that is not positive definite (the
     # negated SV model) must be reported as such, not as a violated structure:

@@ -60,7 +60,9 @@ from ._structured import (
     banded_logdet,
     banded_solve,
     BandedFactor,
+    check_recurrences,
     lower_bands_to_blocks,
+    use_associative,
 )
 
 
@@ -119,6 +121,7 @@ class _Settings(eqx.Module):
     xtol: float = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
     atol: float = eqx.field(static=True)
+    associative: bool = eqx.field(static=True)
 
 
 def _max_abs(x):
@@ -305,14 +308,18 @@ def _prec_psi(lik, params, band, mean, theta):
     )
 
 
-def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps):
+def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps, associative):
     value_terms, d1, d2, _ = lik.derivatives(theta, params)
     r = theta - mean
     qr = band_matvec(band, r)
     value = jnp.sum(value_terms) - 0.5 * jnp.dot(r, qr)
     grad = d1 - qr
     factor, factor_ok, direction = banded_factorise(
-        add_to_block_diagonal(q_blocks[0], -d2), q_blocks[1], theta.shape[0], rhs=grad
+        add_to_block_diagonal(q_blocks[0], -d2),
+        q_blocks[1],
+        theta.shape[0],
+        rhs=grad,
+        associative=associative,
     )
     decrement = jnp.dot(grad, direction)
     ok = jnp.isfinite(value) & factor_ok & jnp.all(jnp.isfinite(direction))
@@ -343,7 +350,9 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
         return _max_abs(s.direction) <= settings.xtol * (1 + _max_abs(s.theta))
 
     def evaluate(theta, num_steps):
-        return _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps)
+        return _prec_evaluate(
+            lik, params, band, q_blocks, mean, theta, num_steps, settings.associative
+        )
 
     state = evaluate(theta0, jnp.array(0))
     state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
@@ -373,7 +382,9 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
     result = RESULTS.where(
         converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
     )
-    prior_factor, prior_ok = banded_factorise(*q_blocks, band.shape[1])
+    prior_factor, prior_ok = banded_factorise(
+        *q_blocks, band.shape[1], associative=settings.associative
+    )
     pd = s.factor.positive_definite & prior_ok
     result = RESULTS.where(pd, result, RESULTS.hessian_not_positive_definite)
     value = s.value + 0.5 * banded_logdet(prior_factor) - 0.5 * banded_logdet(s.factor)
@@ -587,6 +598,7 @@ class LatentGaussianMarginal(AbstractMarginal):
     max_steps: int = 50
     max_backtracks: int = 30
     xtol: float | None = None
+    recurrences: str = "auto"
 
     def __check_init__(self):
         if not isinstance(self.likelihood, AbstractLikelihood):
@@ -619,6 +631,7 @@ class LatentGaussianMarginal(AbstractMarginal):
                     f"observation), got shape {theta_init.shape} and dtype "
                     f"{theta_init.dtype}."
                 )
+        check_recurrences(self.recurrences, "LatentGaussianMarginal")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ValueError(f"`max_steps` must be an int >= 1, got {self.max_steps}.")
 
@@ -637,6 +650,7 @@ class LatentGaussianMarginal(AbstractMarginal):
             xtol,
             tol,
             tol,
+            use_associative(self.recurrences),
         )
 
     def _check_shapes(self, mat, params):
@@ -743,8 +757,13 @@ class LatentGaussianMarginal(AbstractMarginal):
         half_log_2pi = 0.5 * n * jnp.log(2 * jnp.pi)
         if self.precision is not None:
             q_diag, q_sub = lower_bands_to_blocks(mat)
-            factor, ok = banded_factorise(add_to_block_diagonal(q_diag, w), q_sub, n)
-            prior_factor, prior_ok = banded_factorise(q_diag, q_sub, n)
+            associative = use_associative(self.recurrences)
+            factor, ok = banded_factorise(
+                add_to_block_diagonal(q_diag, w), q_sub, n, associative=associative
+            )
+            prior_factor, prior_ok = banded_factorise(
+                q_diag, q_sub, n, associative=associative
+            )
             half_logdet_q = jnp.where(
                 prior_ok, 0.5 * banded_logdet(prior_factor), jnp.nan
             )
@@ -836,4 +855,8 @@ LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**
     step halvings per iteration.
 - `xtol`: Newton stops when `max|Δtheta| <= xtol·(1 + max|theta|)`; `None` gives
     `eps ** (2/3)` of the dtype (about `3.7e-11` in float64).
+- `recurrences`: precision form with a bandwidth-1 `Q` only: `'sequential'`,
+    `'associative'` or `'auto'`, as for [`lapsample.BandedHessian`][] (same
+    numbers to rounding; `'auto'` is associative unless JAX's default backend is
+    the CPU).
 """

@@ -546,7 +546,9 @@ class LatentGaussianMarginal(AbstractMarginal):
       factorised, never `K`, so a nearly singular `K` (a squared-exponential kernel
       with a small jitter) is harmless;
     - **precision form** (`precision=`, a banded `Q` such as a random walk or an
-      AR(1)): `Q + W` is banded and factorised in `O(n b²)`.
+      AR(1)): `Q + W` is banded and factorised in `O(n b²)` by the kernels of
+      [`lapsample.BandedHessian`][] (for `b = 1` off the CPU, associative scans of
+      depth `log n`; see `recurrences`).
 
     The gradient in `phi` comes from the implicit function theorem with the
     likelihood's diagonal third derivative (R&W Alg. 5.1), in one custom VJP; the

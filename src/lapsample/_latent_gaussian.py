@@ -464,9 +464,10 @@ def _prec_cotangents(lik, theta, factors, band, mean, params, value_bar, theta_b
     factor, prior_factor = factors
     _, _, d2, d3 = lik.derivatives(theta, params)
     # The band of (Q + W)⁻¹ and of Q⁻¹ (selected inverses): the derivatives of the
-    # two log-determinants, as constants in the linearisation below.
-    sigma_blocks = jax.lax.stop_gradient(_band_selected_inverse(factor))
-    prior_inverse = jax.lax.stop_gradient(_band_selected_inverse(prior_factor))
+    # two log-determinants, constants in the linearisation below (closed over, not
+    # arguments of `terms`).
+    sigma_blocks = _band_selected_inverse(factor)
+    prior_inverse = _band_selected_inverse(prior_factor)
     diag_sigma = jnp.diagonal(sigma_blocks[0], axis1=-2, axis2=-1).ravel()
     diag_sigma = diag_sigma[: theta.shape[0]]
     s = 0.5 * value_bar * diag_sigma * d3

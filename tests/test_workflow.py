@@ -57,6 +57,8 @@ SEED_SETTINGS = dict(
     progress_bar=False,
 )
 
+_DRAW_FIELDS = ("phi", "theta", "theta_star", "step_size", "inverse_mass_matrix")
+
 SCHEMA = (
     "lp",
     "acceptance_rate",
@@ -113,26 +115,34 @@ def children(tmp_path_factory, cache_dir):
     """Start the subprocess runs together, so that they compile while the tests in
     this process run.
 
-    - `devices`: the seed configuration on four forced host devices, with another
-      chunk length, saving its draws.
+    - `devices`: the seed configuration on four forced host (CPU) devices, with
+      another chunk length, saving its draws.
+    - `reference` (only when this process does not run on the CPU): the seed
+      configuration on one host device, to compare `devices` with.
     - `kill`: the seed configuration with a checkpoint file; after its first
       checkpoint it waits for a `go` file, then goes on slowly (0.2 s per chunk)
       until the test kills it.
     """
     root = tmp_path_factory.mktemp("children")
     out = root / "draws.npz"
-    settings = {**SEED_SETTINGS, "chunk_size": 40}
-    devices_script = _CHILD_PRELUDE + textwrap.dedent(
-        f"""
-        assert len(jax.devices()) == 4, jax.devices()
-        r = ls.sample(jr.key({SEED_KEY}), marginal, jnp.array({SEED_START}),
-                      **{settings!r})
-        stats = {{"stats." + k: v for k, v in r.sample_stats.items()}}
-        np.savez({str(out)!r}, phi=r.phi, theta=r.theta, theta_star=r.theta_star,
-                 step_size=r.step_size, inverse_mass_matrix=r.inverse_mass_matrix,
-                 **stats)
-        """
+    host_env = _child_env(
+        cache_dir,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
     )
+    procs = {
+        "devices": _start_draws_child(
+            out, {**SEED_SETTINGS, "chunk_size": 40}, 4, host_env
+        )
+    }
+    # Off the CPU (a GPU machine) this process's seed run is not comparable bit for
+    # bit with the CPU child's; a second CPU child on one device is.
+    reference = None
+    if jax.default_backend() != "cpu":
+        reference = root / "reference.npz"
+        procs["reference"] = _start_draws_child(
+            reference, SEED_SETTINGS, 1, _child_env(cache_dir, JAX_PLATFORMS="cpu")
+        )
     path = root / "run.lsmp"
     go = root / "go"
     kill_script = _CHILD_PRELUDE + textwrap.dedent(
@@ -151,24 +161,17 @@ def children(tmp_path_factory, cache_dir):
         print("FINISHED")
         """
     )
-    env = _child_env(cache_dir)
-    procs = {
-        "devices": subprocess.Popen(
-            [sys.executable, "-c", devices_script],
-            env=_child_env(
-                cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=4"
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        ),
-        "kill": subprocess.Popen(
-            [sys.executable, "-c", kill_script],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        ),
+    procs["kill"] = subprocess.Popen(
+        [sys.executable, "-c", kill_script],
+        env=_child_env(cache_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    yield {
+        "devices": (procs["devices"], out),
+        "reference": (procs.get("reference"), reference),
+        "kill": (procs["kill"], path, go),
     }
-    yield {"devices": (procs["devices"], out), "kill": (procs["kill"], path, go)}
     for proc in procs.values():
         if proc.poll() is None:
             proc.kill()
@@ -180,10 +183,35 @@ def children(tmp_path_factory, cache_dir):
                 stream.close()
 
 
+def _start_draws_child(out, settings, num_devices, env):
+    """A subprocess that runs the seed configuration with `settings` and saves its
+    draws and statistics to `out`."""
+    script = _CHILD_PRELUDE + textwrap.dedent(
+        f"""
+        assert len(jax.devices()) == {num_devices}, jax.devices()
+        r = ls.sample(jr.key({SEED_KEY}), marginal, jnp.array({SEED_START}),
+                      **{settings!r})
+        stats = {{"stats." + k: v for k, v in r.sample_stats.items()}}
+        np.savez({str(out)!r}, phi=r.phi, theta=r.theta, theta_star=r.theta_star,
+                 step_size=r.step_size, inverse_mass_matrix=r.inverse_mass_matrix,
+                 **stats)
+        """
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _child_env(cache_dir, **extra):
     env = dict(os.environ)
     env.pop("CI", None)
     env.pop("XLA_FLAGS", None)
+    # On a GPU this process holds most of the memory; a child that preallocated
+    # too would fail its allocation and print about it.
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.update(extra)
@@ -366,21 +394,27 @@ def test_to_arviz_dict_names_and_clashes(seed_results):
 # --------------------------------------------------------------------------------
 
 
-def test_four_devices_and_other_chunks_give_the_same_draws(seed_results, children):
-    # Four forced host devices (the chains are sharded one per device) and another
-    # chunk length: both must leave every draw unchanged, bit for bit.
-    proc, out = children["devices"]
+def _saved_draws(child):
+    proc, out = child
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-3000:]
     with np.load(out) as saved:
-        for name in ("phi", "theta", "theta_star", "step_size", "inverse_mass_matrix"):
-            assert np.array_equal(
-                saved[name], np.asarray(getattr(seed_results, name)), equal_nan=True
-            ), name
-        for name in SCHEMA:
-            assert np.array_equal(
-                saved["stats." + name], seed_results.sample_stats[name], equal_nan=True
-            ), name
+        return dict(saved)
+
+
+def test_four_devices_and_other_chunks_give_the_same_draws(seed_results, children):
+    # Four forced host devices (the chains are sharded one per device) and another
+    # chunk length: both must leave every draw unchanged, bit for bit.
+    saved = _saved_draws(children["devices"])
+    if children["reference"][0] is None:
+        expected = {name: getattr(seed_results, name) for name in _DRAW_FIELDS}
+        expected.update({"stats." + k: v for k, v in seed_results.sample_stats.items()})
+    else:
+        expected = _saved_draws(children["reference"])
+    for name in _DRAW_FIELDS + tuple("stats." + k for k in SCHEMA):
+        assert np.array_equal(
+            saved[name], np.asarray(expected[name]), equal_nan=True
+        ), name
 
 
 def test_mesh_size():

@@ -26,15 +26,14 @@ import numpy as np
 import scipy.stats
 
 import lapsample
-from lapsample._adaptation import (
+from lapsample._workflow.adaptation import (
     adapt,
     AdaptationState,
     dual_averaging_init,
     find_reasonable_step_size,
-    schedule_flags,
-    StepFlags,
     welford_init,
 )
+from lapsample._workflow.schedule import schedule_flags, StepFlags
 
 from ._sampler_helpers import EightSchoolsLogJoint, import_arviz
 from .helpers import SeedModel

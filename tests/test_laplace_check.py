@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lapsample as ls
-from lapsample._check import _pareto_k
+from lapsample._laplace_check import _pareto_k
 
 from .helpers import seed_model, shared_json
 from .test_reference_values import _gp_pois_log_joint

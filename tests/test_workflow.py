@@ -30,7 +30,7 @@ import pytest
 
 import lapsample as ls
 from lapsample import _adaptation, _checkpoint, _run
-from lapsample._results_object import variable_names
+from lapsample._misc import variable_names
 
 from ._sampler_helpers import (
     CORRELATED_COV,

@@ -2,33 +2,36 @@
 
 import importlib.metadata
 
-from ._api import (
-    ess as ess,
+from ._compat.samplers import (
     laplace_dhmc as laplace_dhmc,
     laplace_dmhmc as laplace_dmhmc,
     laplace_hmc as laplace_hmc,
+    laplace_marginal_factory as laplace_marginal_factory,
     laplace_mhmc as laplace_mhmc,
     laplace_nuts as laplace_nuts,
-    run_inference_algorithm as run_inference_algorithm,
 )
-from ._check import (
-    laplace_check as laplace_check,
-    LaplaceCheckResults as LaplaceCheckResults,
+from ._compat.util import ess as ess, run_inference_algorithm as run_inference_algorithm
+from ._factor import AbstractFactor as AbstractFactor
+from ._hamiltonian import Hamiltonian as Hamiltonian
+from ._hessian.banded import BandedHessian as BandedHessian
+from ._hessian.base import AbstractHessianStrategy as AbstractHessianStrategy
+from ._hessian.block import (
+    BlockDiagonalHessian as BlockDiagonalHessian,
+    BlockFactor as BlockFactor,
 )
-from ._checkpoint import CheckpointError as CheckpointError
-from ._detect import (
+from ._hessian.dense import (
+    CholeskyFactor as CholeskyFactor,
+    DenseHessian as DenseHessian,
+    LineaxFactor as LineaxFactor,
+    LineaxHessian as LineaxHessian,
+)
+from ._hessian.detect import (
     detect_hessian as detect_hessian,
     HessianDetection as HessianDetection,
 )
-from ._hessian import (
-    AbstractFactor as AbstractFactor,
-    AbstractHessianStrategy as AbstractHessianStrategy,
-    CholeskyFactor as CholeskyFactor,
-    DenseHessian as DenseHessian,
+from ._hessian.diagonal import (
     DiagonalFactor as DiagonalFactor,
     DiagonalHessian as DiagonalHessian,
-    LineaxFactor as LineaxFactor,
-    LineaxHessian as LineaxHessian,
 )
 from ._inner import (
     AbstractInnerSolver as AbstractInnerSolver,
@@ -40,25 +43,24 @@ from ._inner import (
 from ._integrator import (
     AbstractIntegrator as AbstractIntegrator,
     AbstractPalindromicIntegrator as AbstractPalindromicIntegrator,
-    FlatLogDensity as FlatLogDensity,
     Leapfrog as Leapfrog,
     McLachlan as McLachlan,
-    PhasePoint as PhasePoint,
 )
-from ._latent_gaussian import LatentGaussianMarginal as LatentGaussianMarginal
-from ._likelihoods import (
+from ._laplace_check import laplace_check as laplace_check
+from ._linalg.banded import BandedFactor as BandedFactor
+from ._marginal.base import (
+    AbstractMarginal as AbstractMarginal,
+    MarginalAux as MarginalAux,
+    PlainDensity as PlainDensity,
+)
+from ._marginal.laplace import LaplaceMarginal as LaplaceMarginal
+from ._marginal.latent_gaussian import LatentGaussianMarginal as LatentGaussianMarginal
+from ._marginal.likelihoods import (
     AbstractLikelihood as AbstractLikelihood,
     BernoulliLogit as BernoulliLogit,
     Gaussian as Gaussian,
     NegBinomial2Log as NegBinomial2Log,
     PoissonLog as PoissonLog,
-)
-from ._marginal import (
-    AbstractMarginal as AbstractMarginal,
-    laplace_marginal_factory as laplace_marginal_factory,
-    LaplaceMarginal as LaplaceMarginal,
-    MarginalAux as MarginalAux,
-    PlainDensity as PlainDensity,
 )
 from ._metric import (
     AbstractMetric as AbstractMetric,
@@ -67,6 +69,10 @@ from ._metric import (
     metric_from_inverse_mass_matrix as metric_from_inverse_mass_matrix,
 )
 from ._numpyro import from_numpyro as from_numpyro, NumPyroModel as NumPyroModel
+from ._nuts import NoUTurn as NoUTurn
+from ._output.check_results import LaplaceCheckResults as LaplaceCheckResults
+from ._output.sample_results import SampleResults as SampleResults
+from ._phase_space import FlatLogDensity as FlatLogDensity, PhasePoint as PhasePoint
 from ._proposal import (
     AbstractProposal as AbstractProposal,
     AbstractWeightedProposal as AbstractWeightedProposal,
@@ -75,30 +81,22 @@ from ._proposal import (
     ProposalState as ProposalState,
 )
 from ._results import RESULTS as RESULTS
-from ._results_object import SampleResults as SampleResults
-from ._run import resume as resume, sample as sample
 from ._sampler import (
     Sampler as Sampler,
     SamplerInfo as SamplerInfo,
     SamplerState as SamplerState,
-)
-from ._structured import (
-    BandedFactor as BandedFactor,
-    BandedHessian as BandedHessian,
-    BlockDiagonalHessian as BlockDiagonalHessian,
-    BlockFactor as BlockFactor,
 )
 from ._trajectory import (
     AbstractDynamicTrajectory as AbstractDynamicTrajectory,
     AbstractNumStepsTrajectory as AbstractNumStepsTrajectory,
     AbstractTrajectory as AbstractTrajectory,
     Fixed as Fixed,
-    Hamiltonian as Hamiltonian,
     IncompatibleComponentsError as IncompatibleComponentsError,
-    NoUTurn as NoUTurn,
     RandomLength as RandomLength,
     TrajectoryInfo as TrajectoryInfo,
 )
+from ._workflow.checkpoint import CheckpointError as CheckpointError
+from ._workflow.driver import resume as resume, sample as sample
 
 
 __version__ = importlib.metadata.version("lapsample")

@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
-from ._hessian import AbstractFactor, AbstractHessianStrategy, factor_result, FlatFn
-from ._misc import default_tolerance, tree_where
+from ._custom_types import FlatFn
+from ._factor import AbstractFactor, factor_result
+from ._hessian.base import AbstractHessianStrategy
+from ._misc import default_tolerance, max_abs, tree_where
 from ._results import RESULTS
 
 
@@ -77,10 +79,6 @@ class _NewtonCarry(eqx.Module):
     failed: Array
 
 
-def _max_abs(x):
-    return jnp.max(jnp.abs(x), initial=0.0)
-
-
 class Newton(AbstractInnerSolver):
     """Newton's method with a Cholesky (or structured) factor and a backtracking
     line search: the default inner solver.
@@ -130,7 +128,7 @@ class Newton(AbstractInnerSolver):
             return 0.5 * decrement <= atol + rtol * jnp.abs(value)
 
         def negligible(theta, direction):
-            return _max_abs(direction) <= xtol * (1 + _max_abs(theta))
+            return max_abs(direction) <= xtol * (1 + max_abs(theta))
 
         def evaluate(theta):
             value, grad = value_and_grad(theta, phi)
@@ -192,7 +190,7 @@ class Newton(AbstractInnerSolver):
             # Far from the mode (large latents, damped steps) the largest entry of
             # the step need not halve, so this only stops a solve that is already
             # acceptable.
-            stalled = _max_abs(direction) > 0.5 * _max_abs(c.direction)
+            stalled = max_abs(direction) > 0.5 * max_abs(c.direction)
             stalled = stalled & acceptable(value, decrement)
             new = _NewtonCarry(
                 theta=theta,

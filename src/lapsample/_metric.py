@@ -14,6 +14,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._misc import concrete_value
+from ._validate import as_float
 
 
 class AbstractMetric(eqx.Module):
@@ -71,13 +72,6 @@ class AbstractMetric(eqx.Module):
         position of `size` coordinates."""
 
 
-def _as_float(x: ArrayLike) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jnp.result_type(float))
-    return x
-
-
 class DiagonalMetric(AbstractMetric):
     """A diagonal (or scalar) inverse mass matrix.
 
@@ -85,7 +79,7 @@ class DiagonalMetric(AbstractMetric):
     a scalar applied to every coordinate.
     """
 
-    inverse_mass_matrix: Float[Array, "*n"] = eqx.field(converter=_as_float)
+    inverse_mass_matrix: Float[Array, "*n"] = eqx.field(converter=as_float)
 
     def __check_init__(self):
         if self.inverse_mass_matrix.ndim > 1:
@@ -138,7 +132,7 @@ class DenseMetric(AbstractMetric):
     `L⁻ᵀ L⁻¹ = M`.
     """
 
-    inverse_mass_matrix: Float[Array, "n n"] = eqx.field(converter=_as_float)
+    inverse_mass_matrix: Float[Array, "n n"] = eqx.field(converter=as_float)
 
     def __check_init__(self):
         shape = self.inverse_mass_matrix.shape

@@ -13,6 +13,10 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PyTree, Shaped
 
 
+def max_abs(x):
+    return jnp.max(jnp.abs(x), initial=0.0)
+
+
 class TreeRaveller(eqx.Module):
     """Flattens a PyTree of arrays to one vector and back.
 
@@ -105,26 +109,42 @@ def concrete_value(x) -> np.ndarray | None:
     return np.asarray(x)
 
 
-LOW_PRECISION_MESSAGE = (
-    "{name} is {dtype}. Laplace marginals need float64: the Hessians of latent "
-    "models are often ill-conditioned (condition numbers of 1e6 to 1e9 are "
-    "common), and with float32's ~7 significant digits the mode, the "
-    "log-determinant and the implicit gradient can lose most of their digits. "
-    "That shows up as failed inner solves, divergences, or draws that are wrong "
-    "without any sign. Enable float64 with "
-    '`jax.config.update("jax_enable_x64", True)` at the top of the script, before '
-    "creating any array."
-)
+def import_arviz(what: str):
+    """ArviZ, imported lazily, without its import-time FutureWarning."""
+    try:
+        with warnings.catch_warnings():
+            # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            import arviz
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"`{what}` needs ArviZ, which is not installed. Install it with "
+            '`pip install "lapsample[arviz]"`.'
+        ) from e
+    return arviz
 
 
-def warn_if_low_precision(tree: PyTree, name: str, stacklevel: int = 3) -> None:
-    """A `UserWarning` when a floating leaf of `tree` has fewer than 64 bits."""
-    for leaf in jtu.tree_leaves(tree):
-        dtype = jnp.result_type(leaf)
-        if jnp.issubdtype(dtype, jnp.inexact) and jnp.finfo(dtype).bits < 64:
-            warnings.warn(
-                LOW_PRECISION_MESSAGE.format(name=name, dtype=dtype),
-                UserWarning,
-                stacklevel=stacklevel,
-            )
-            return
+def key_name(key) -> str:
+    if isinstance(key, jtu.DictKey):
+        return str(key.key)
+    if isinstance(key, jtu.GetAttrKey):
+        return key.name
+    if isinstance(key, jtu.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jtu.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)  # pragma: no cover - other key types
+
+
+def variable_names(tree: PyTree, base: str) -> list[tuple[str, Any]]:
+    """`(name, leaf)` pairs naming the leaves of `tree`: a bare array is `base`; a
+    dict (or Module, namedtuple) gives its keys; nested levels are joined with
+    `.`; a top-level list or tuple gives `base.0`, `base.1`, ..."""
+    pairs = jtu.tree_flatten_with_path(tree)[0]
+    out = []
+    for path, leaf in pairs:
+        parts = [key_name(k) for k in path]
+        if not parts or isinstance(path[0], jtu.SequenceKey | jtu.FlattenedIndexKey):
+            parts.insert(0, base)
+        out.append((".".join(parts), leaf))
+    return out

@@ -15,10 +15,11 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, Scalar
 
-from ._hessian import AbstractHessianStrategy, DenseHessian
+from ._hessian.base import AbstractHessianStrategy
+from ._hessian.dense import DenseHessian
 from ._inner import AbstractInnerSolver, Newton
-from ._marginal import LaplaceMarginal
-from ._results_object import SampleResults
+from ._marginal.laplace import LaplaceMarginal
+from ._output.sample_results import SampleResults
 
 
 def _import_numpyro(what: str):

@@ -7,13 +7,16 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ._integrator import AbstractIntegrator, FlatLogDensity, Leapfrog, PhasePoint
-from ._marginal import AbstractMarginal, MarginalAux
+from ._hamiltonian import Hamiltonian
+from ._integrator import AbstractIntegrator, Leapfrog
+from ._marginal.base import AbstractMarginal, MarginalAux
 from ._metric import AbstractMetric, metric_from_inverse_mass_matrix
 from ._misc import concrete_value, TreeRaveller
+from ._phase_space import FlatLogDensity, PhasePoint
 from ._proposal import AbstractProposal
 from ._results import RESULTS
-from ._trajectory import AbstractTrajectory, Hamiltonian
+from ._trajectory import AbstractTrajectory
+from ._validate import as_float
 
 
 class SamplerState(eqx.Module):
@@ -68,17 +71,10 @@ class SamplerInfo(eqx.Module):
     result: RESULTS
 
 
-def _as_float(x: ArrayLike) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jnp.result_type(float))
-    return x
-
-
 def _as_inverse_mass(x):
     if isinstance(x, AbstractMetric):
         return x
-    return _as_float(x)
+    return as_float(x)
 
 
 class Sampler(eqx.Module):
@@ -133,9 +129,9 @@ class Sampler(eqx.Module):
         self.proposal = proposal
         self.trajectory = trajectory
         self.integrator = integrator
-        self.step_size = _as_float(step_size)
+        self.step_size = as_float(step_size)
         self.inverse_mass_matrix = _as_inverse_mass(inverse_mass_matrix)
-        self.divergence_threshold = _as_float(divergence_threshold)
+        self.divergence_threshold = as_float(divergence_threshold)
 
     def __check_init__(self):
         for name, value, cls in (
@@ -198,7 +194,7 @@ class Sampler(eqx.Module):
 
         A [`lapsample.SamplerState`][].
         """
-        position = jtu.tree_map(_as_float, position)
+        position = jtu.tree_map(as_float, position)
         self.metric.check_size(TreeRaveller(position).size)
         return _init(self.marginal, position, theta_guess)
 

@@ -1,3 +1,3 @@
 """Mirror of `blackjax.util`: re-exports [`lapsample.run_inference_algorithm`][]."""
 
-from ._api import run_inference_algorithm as run_inference_algorithm
+from ._compat.util import run_inference_algorithm as run_inference_algorithm

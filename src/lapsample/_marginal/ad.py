@@ -1,23 +1,5 @@
-"""The Laplace marginal's value and its one custom VJP.
-
-Notation: `fn(theta, phi) = -log p(theta, phi, y)` with a flat `theta` (d entries),
-`A = ∇²_θ fn` at the mode `theta*`, factorised once by the Hessian strategy.
-
-    m(phi) = -fn(theta*, phi) - ½ log det A + (d/2) log 2π
-
-Backward pass, for a cotangent `ḡ` on `m` and `θ̄` on `theta*`:
-
-- `T(θ, φ) = tr(A₀⁻¹ ∇²_θ fn(θ, φ))` with `A₀` held fixed has the same first
-  derivatives as `log det A` (the strategy's `logdet_surrogate`);
-- `dθ*/dφ = -A⁻¹ ∂_φ∇_θ fn` (implicit function theorem), contracted first: one solve
-  `A u = ½ ḡ ∂_θT - θ̄` with the stored factor;
-- `∇_φ = ∂_φ[-ḡ fn(θ*, φ) - ½ ḡ T(θ*, φ) + ⟨u, ∇_θ fn(θ*, φ)⟩]`: `∂_φ T` comes
-  from the same reverse pass as `∂_θ T` (the only pass through third
-  derivatives), the rest from one more reverse pass.
-
-One Hessian and one factorisation per evaluation: the inner solver returns the factor
-at `theta*`, and nothing else factorises.
-"""
+"""The custom VJP of the Laplace log marginal: the implicit-function-theorem
+gradient from one factorisation; the inner solver is never differentiated."""
 
 import math
 
@@ -26,10 +8,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._hessian import AbstractHessianStrategy, FlatFn
-from ._inner import AbstractInnerSolver
-from ._misc import all_finite
-from ._results import RESULTS
+from .._custom_types import FlatFn
+from .._hessian.base import AbstractHessianStrategy
+from .._inner import AbstractInnerSolver
+from .._misc import all_finite
+from .._results import RESULTS
 
 
 def _value(fn, theta, phi, hessian, factor):

@@ -1,5 +1,5 @@
-"""Pick a Hessian strategy from the sparsity of the Hessian, read from a few
-Hessian-vector products at a few points."""
+"""`detect_hessian`: find the cheapest strategy whose structure holds, by probing
+the Hessian at a few points."""
 
 from collections.abc import Callable
 
@@ -10,15 +10,12 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
-from ._hessian import (
-    _hvp,
-    AbstractHessianStrategy,
-    DenseHessian,
-    DiagonalHessian,
-    structure_agrees,
-)
-from ._misc import TreeRaveller
-from ._structured import _band_probes, BandedHessian, BlockDiagonalHessian
+from .._misc import TreeRaveller
+from .banded import band_probes, BandedHessian
+from .base import AbstractHessianStrategy, hvp, structure_agrees
+from .block import BlockDiagonalHessian
+from .dense import DenseHessian
+from .diagonal import DiagonalHessian
 
 
 class HessianDetection(eqx.Module):
@@ -48,8 +45,8 @@ def _band_of(fn, theta, phi, width: int, key):
     colours = 2 * width + 1
     idx = np.arange(d)
     z = jr.normal(key, (d,), theta.dtype)
-    probes = jnp.concatenate([_band_probes(d, width, theta.dtype), z[None]])
-    products = jax.vmap(lambda v: _hvp(fn, theta, phi, v))(probes)
+    probes = jnp.concatenate([band_probes(d, width, theta.dtype), z[None]])
+    products = jax.vmap(lambda v: hvp(fn, theta, phi, v))(probes)
     coloured, hz = products[:-1], products[-1]
     offsets = np.arange(-width, width + 1)
     cols = idx[None, :] + offsets[:, None]  # (2w+1, d): column of A[i, i+o]

@@ -1,5 +1,5 @@
-"""Conditionally independent log-likelihoods `log p(y_i | theta_i, phi)` for the
-latent-Gaussian marginal, each with its first three derivatives in `theta_i`."""
+"""Conditionally independent likelihoods for `LatentGaussianMarginal`, each with
+its first three derivatives in the latent."""
 
 import abc
 import math
@@ -9,17 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
-
-Derivatives = tuple[
-    Float[Array, " n"], Float[Array, " n"], Float[Array, " n"], Float[Array, " n"]
-]
-
-
-def _as_float(x) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(float)
-    return x
+from .._custom_types import Derivatives
+from .._validate import as_float
 
 
 def _linear_predictor(theta, log_offset):
@@ -29,9 +20,9 @@ def _linear_predictor(theta, log_offset):
 def _log_offset(y, exposure, offset) -> Array | None:
     parts = []
     if exposure is not None:
-        parts.append(jnp.log(_as_float(exposure)))
+        parts.append(jnp.log(as_float(exposure)))
     if offset is not None:
-        parts.append(_as_float(offset))
+        parts.append(as_float(offset))
     if not parts:
         return None
     return jnp.broadcast_to(sum(parts[1:], parts[0]), y.shape)
@@ -88,7 +79,7 @@ class PoissonLog(AbstractLikelihood):
         exposure: ArrayLike | None = None,
         offset: ArrayLike | None = None,
     ):
-        self.y = _as_float(y)
+        self.y = as_float(y)
         self.log_offset = _log_offset(self.y, exposure, offset)
 
     def derivatives(self, theta, params):
@@ -129,7 +120,7 @@ class NegBinomial2Log(AbstractLikelihood):
         exposure: ArrayLike | None = None,
         offset: ArrayLike | None = None,
     ):
-        self.y = _as_float(y)
+        self.y = as_float(y)
         self.log_offset = _log_offset(self.y, exposure, offset)
 
     def derivatives(self, theta, params):
@@ -171,7 +162,7 @@ class BernoulliLogit(AbstractLikelihood):
     offset: Float[Array, " n"] | None
 
     def __init__(self, y: ArrayLike, offset: ArrayLike | None = None):
-        self.y = _as_float(y)
+        self.y = as_float(y)
         self.offset = _log_offset(self.y, None, offset)
 
     def derivatives(self, theta, params):
@@ -202,7 +193,7 @@ class Gaussian(AbstractLikelihood):
     offset: Float[Array, " n"] | None
 
     def __init__(self, y: ArrayLike, offset: ArrayLike | None = None):
-        self.y = _as_float(y)
+        self.y = as_float(y)
         self.offset = _log_offset(self.y, None, offset)
 
     def derivatives(self, theta, params):

@@ -35,7 +35,8 @@ Its gradient is `∂_phi[ḡ·log q + uᵀ ∇_theta log q]` at fixed `theta*` w
 `tr(A⁻¹ dA)`, with the band of `(Q + W)⁻¹` (whose diagonal is `diag(Σ)`) and of `Q⁻¹`
 from the selected inverse of the banded factors, so no recurrence is differentiated:
 one reverse pass through `Q(phi)`, `m(phi)` and the likelihood. The banded
-factorisations, solves and selected inverses are `BandedHessian`'s (`_structured.py`).
+factorisations, solves and selected inverses are `BandedHessian`'s
+(`_linalg/banded.py`).
 """
 
 from collections.abc import Callable
@@ -46,49 +47,25 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._likelihoods import AbstractLikelihood
-from ._marginal import AbstractMarginal, MarginalAux
-from ._misc import default_tolerance
-from ._results import RESULTS
-from ._structured import (
-    _band_selected_inverse,
+from .._linalg.banded import (
     add_to_block_diagonal,
+    band_matvec,
     banded_draw,
     banded_factorise,
     banded_logdet,
-    banded_solve,
-    BandedFactor,
     check_recurrences,
     lower_bands_to_blocks,
     use_associative,
 )
-
-
-# --------------------------------------------------------------------------------
-# Banded precision: lower-band storage, `band[k, i] = Q[i + k, i]` for k = 0..b (the
-# last k entries of row k are ignored). Factorisations, solves and the selected
-# inverse are those of `BandedHessian` (`_structured.py`), on the blocks of
-# `lower_bands_to_blocks`.
-# --------------------------------------------------------------------------------
-
-
-def band_matvec(band: Float[Array, "b1 n"], x: Float[Array, " n"]) -> Array:
-    """`A x` for a symmetric banded `A` in lower-band storage."""
-    n = x.shape[0]
-    out = band[0] * x
-    for k in range(1, band.shape[0]):
-        lower = band[k, : n - k]
-        out = out.at[k:].add(lower * x[: n - k])
-        out = out.at[: n - k].add(lower * x[k:])
-    return out
-
-
-def _blocks_inner(s_blocks, blocks) -> Array:
-    """`Σ_ij S_ij A_ij` over the block-tridiagonal pattern of symmetric `S` and
-    `A` (diagonal blocks once, the sub-diagonal blocks for both triangles)."""
-    return jnp.sum(s_blocks[0] * blocks[0]) + 2.0 * jnp.sum(s_blocks[1] * blocks[1])
+from .._misc import default_tolerance
+from .._results import RESULTS
+from .base import AbstractMarginal, MarginalAux
+from .lg_covariance import b_factor, cov_cotangents, newton_cov
+from .lg_newton import NewtonSettings
+from .lg_precision import newton_prec, prec_cotangents
+from .likelihoods import AbstractLikelihood
 
 
 # --------------------------------------------------------------------------------
@@ -114,283 +91,6 @@ class _PhiFunctions(eqx.Module):
         return mat, mean, params
 
 
-class _Settings(eqx.Module):
-    precision_form: bool = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    max_backtracks: int = eqx.field(static=True)
-    xtol: float = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    associative: bool = eqx.field(static=True)
-
-
-def _max_abs(x):
-    return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
-
-
-# --------------------------------------------------------------------------------
-# Newton, covariance form: state (a, theta = m + K a).
-# --------------------------------------------------------------------------------
-
-
-class _CovState(eqx.Module):
-    a: Array
-    theta: Array
-    value: Array  # Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)
-    a_new: Array  # the full Newton step's target
-    theta_new: Array
-    decrement: Array  # ∇Ψᵀ(theta_new - theta)
-    lower: Array  # Cholesky of B at theta
-    ok: Bool[Array, ""]
-    num_steps: Int[Array, ""]
-    done: Bool[Array, ""]
-
-
-def _cov_psi(lik, params, mean, a, theta):
-    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(a, theta - mean)
-
-
-def _b_factor(cov, w):
-    """`L` with `L Lᵀ = I + W½ K W½`, and `W½` (NaN where `W < 0`)."""
-    sqrt_w = jnp.where(w >= 0, jnp.sqrt(jnp.maximum(w, 0.0)), jnp.nan)
-    b = jnp.eye(w.shape[0], dtype=w.dtype) + sqrt_w[:, None] * cov * sqrt_w[None, :]
-    return jnp.linalg.cholesky(b), sqrt_w
-
-
-def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
-    value_terms, d1, d2, _ = lik.derivatives(theta, params)
-    value = jnp.sum(value_terms) - 0.5 * jnp.dot(a, theta - mean)
-    w = -d2
-    lower, sqrt_w = _b_factor(cov, w)
-    # Newton: a_new = b - W½ B⁻¹ W½ K b, b = W (theta - m) + ℓ'.
-    rhs = w * (theta - mean) + d1
-    a_new = rhs - sqrt_w * jsl.cho_solve((lower, True), sqrt_w * (cov @ rhs))
-    theta_new = mean + cov @ a_new
-    decrement = jnp.dot(d1 - a, theta_new - theta)
-    ok = (
-        jnp.isfinite(value)
-        & jnp.all(jnp.isfinite(lower))
-        & jnp.all(jnp.isfinite(a_new))
-        & jnp.isfinite(decrement)
-    )
-    return _CovState(
-        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps, done
-    )
-
-
-def _backtrack(trial_value, value, decrement, full, settings, dtype):
-    """Halve the step from 1 until Armijo's condition holds for the maximised
-    objective; returns `(step, accepted)`. With `full` (the decrement is already
-    within tolerance, so the objective's change is rounding noise) the full step is
-    taken if finite, rather than creeping along on noise."""
-
-    def armijo(step, trial):
-        return jnp.isfinite(trial) & (trial >= value + 1e-4 * step * decrement)
-
-    def ls_cond(ls):
-        step, trial, k = ls
-        return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
-
-    def ls_body(ls):
-        step, _, k = ls
-        step = 0.5 * step
-        return step, trial_value(step), k + 1
-
-    one = jnp.ones((), dtype)
-    step, trial, _ = jax.lax.while_loop(
-        ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
-    )
-    return step, armijo(step, trial) | (full & jnp.isfinite(trial))
-
-
-def _newton_cov(lik, params, cov, mean, theta_guess, settings: _Settings):
-    dtype = cov.dtype
-    n = cov.shape[0]
-    # Two starts: theta = m (a = 0), and a = ℓ'(theta_guess), which is a* exactly
-    # when theta_guess is the mode at the same phi. Keep the better.
-    a_zero = jnp.zeros(n, dtype)
-    psi_zero = _cov_psi(lik, params, mean, a_zero, mean)
-    if theta_guess is None:
-        a0, theta0 = a_zero, mean
-    else:
-        a_guess = lik.derivatives(theta_guess, params)[1]
-        theta_guess_a = mean + cov @ a_guess
-        psi_guess = _cov_psi(lik, params, mean, a_guess, theta_guess_a)
-        use_guess = jnp.isfinite(psi_guess) & (
-            ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
-        )
-        a0 = jnp.where(use_guess, a_guess, a_zero)
-        theta0 = jnp.where(use_guess, theta_guess_a, mean)
-
-    def acceptable(s):
-        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
-            s.value
-        )
-
-    def negligible(s):
-        return _max_abs(s.theta_new - s.theta) <= settings.xtol * (
-            1 + _max_abs(s.theta)
-        )
-
-    state = _cov_evaluate(
-        lik, params, cov, mean, a0, theta0, jnp.array(0), jnp.array(False)
-    )
-    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
-
-    def cond(s):
-        return ~s.done & (s.num_steps < settings.max_steps)
-
-    def body(s):
-        da = s.a_new - s.a
-        dtheta = s.theta_new - s.theta
-
-        def trial_value(step):
-            return _cov_psi(lik, params, mean, s.a + step * da, s.theta + step * dtheta)
-
-        step, accepted = _backtrack(
-            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
-        )
-        new = _cov_evaluate(
-            lik,
-            params,
-            cov,
-            mean,
-            s.a + step * da,
-            s.theta + step * dtheta,
-            s.num_steps + 1,
-            jnp.array(False),
-        )
-        # Rounding has taken over when a full step stops shrinking the step (and
-        # the decrement is already small: early damped steps also do this).
-        stalled = (step == 1) & (
-            _max_abs(new.theta_new - new.theta) > 0.5 * _max_abs(dtheta)
-        )
-        new = eqx.tree_at(
-            lambda x: x.done,
-            new,
-            ~new.ok | negligible(new) | (stalled & acceptable(new)),
-        )
-        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
-        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
-
-    s = jax.lax.while_loop(cond, body, state)
-    converged = negligible(s) | acceptable(s)
-    result = RESULTS.where(
-        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
-    )
-    result = RESULTS.where(
-        jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
-    )
-    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.lower)))
-    return value, s.a, s.theta, s.lower, result, s.num_steps
-
-
-# --------------------------------------------------------------------------------
-# Newton, precision form: state theta, banded H = Q + W.
-# --------------------------------------------------------------------------------
-
-
-class _PrecState(eqx.Module):
-    theta: Array
-    value: Array  # Ψ(theta) = ℓ(theta) - ½ rᵀ Q r
-    direction: Array
-    decrement: Array
-    factor: BandedFactor  # of Q + W at theta
-    ok: Bool[Array, ""]
-    num_steps: Int[Array, ""]
-    done: Bool[Array, ""]
-
-
-def _prec_psi(lik, params, band, mean, theta):
-    r = theta - mean
-    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(
-        r, band_matvec(band, r)
-    )
-
-
-def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps, associative):
-    value_terms, d1, d2, _ = lik.derivatives(theta, params)
-    r = theta - mean
-    qr = band_matvec(band, r)
-    value = jnp.sum(value_terms) - 0.5 * jnp.dot(r, qr)
-    grad = d1 - qr
-    factor, factor_ok, direction = banded_factorise(
-        add_to_block_diagonal(q_blocks[0], -d2),
-        q_blocks[1],
-        theta.shape[0],
-        rhs=grad,
-        associative=associative,
-    )
-    decrement = jnp.dot(grad, direction)
-    ok = jnp.isfinite(value) & factor_ok & jnp.all(jnp.isfinite(direction))
-    return _PrecState(
-        theta, value, direction, decrement, factor, ok, num_steps, jnp.array(False)
-    )
-
-
-def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
-    dtype = band.dtype
-    q_blocks = lower_bands_to_blocks(band)
-    psi_mean = _prec_psi(lik, params, band, mean, mean)
-    if theta_guess is None:
-        theta0 = mean
-    else:
-        psi_guess = _prec_psi(lik, params, band, mean, theta_guess)
-        use_guess = jnp.isfinite(psi_guess) & (
-            ~jnp.isfinite(psi_mean) | (psi_guess >= psi_mean)
-        )
-        theta0 = jnp.where(use_guess, theta_guess, mean)
-
-    def acceptable(s):
-        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
-            s.value
-        )
-
-    def negligible(s):
-        return _max_abs(s.direction) <= settings.xtol * (1 + _max_abs(s.theta))
-
-    def evaluate(theta, num_steps):
-        return _prec_evaluate(
-            lik, params, band, q_blocks, mean, theta, num_steps, settings.associative
-        )
-
-    state = evaluate(theta0, jnp.array(0))
-    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
-
-    def cond(s):
-        return ~s.done & (s.num_steps < settings.max_steps)
-
-    def body(s):
-        def trial_value(step):
-            return _prec_psi(lik, params, band, mean, s.theta + step * s.direction)
-
-        step, accepted = _backtrack(
-            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
-        )
-        new = evaluate(s.theta + step * s.direction, s.num_steps + 1)
-        stalled = (step == 1) & (_max_abs(new.direction) > 0.5 * _max_abs(s.direction))
-        new = eqx.tree_at(
-            lambda x: x.done,
-            new,
-            ~new.ok | negligible(new) | (stalled & acceptable(new)),
-        )
-        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
-        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
-
-    s = jax.lax.while_loop(cond, body, state)
-    converged = negligible(s) | acceptable(s)
-    result = RESULTS.where(
-        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
-    )
-    prior_factor, prior_ok = banded_factorise(
-        *q_blocks, band.shape[1], associative=settings.associative
-    )
-    pd = s.factor.positive_definite & prior_ok
-    result = RESULTS.where(pd, result, RESULTS.hessian_not_positive_definite)
-    value = s.value + 0.5 * banded_logdet(prior_factor) - 0.5 * banded_logdet(s.factor)
-    return value, s.theta, (s.factor, prior_factor), result, s.num_steps
-
-
 # --------------------------------------------------------------------------------
 # The value with one custom VJP.
 # --------------------------------------------------------------------------------
@@ -399,12 +99,12 @@ def _newton_prec(lik, params, band, mean, theta_guess, settings: _Settings):
 def _forward(phi, fns, lik, theta_guess, settings):
     mat, mean, params = fns(phi)
     if settings.precision_form:
-        value, theta, factor, result, num_steps = _newton_prec(
+        value, theta, factor, result, num_steps = newton_prec(
             lik, params, mat, mean, theta_guess, settings
         )
         a = jnp.zeros_like(theta)
     else:
-        value, a, theta, factor, result, num_steps = _newton_cov(
+        value, a, theta, factor, result, num_steps = newton_cov(
             lik, params, mat, mean, theta_guess, settings
         )
     ok = (result == RESULTS.successful) & jnp.isfinite(value)
@@ -432,67 +132,6 @@ def _lg_fwd(perturbed, phi, fns, lik, theta_guess, settings):
     return _forward(phi, fns, lik, theta_guess, settings)
 
 
-def _cov_cotangents(lik, theta, a, lower, cov, mean, params, value_bar, theta_bar):
-    _, _, d2, d3 = lik.derivatives(theta, params)
-    w = -d2
-    sqrt_w = jnp.sqrt(jnp.maximum(w, 0.0))
-    n = theta.shape[0]
-    # V = L⁻¹ W½, so R = W½ B⁻¹ W½ = Vᵀ V and diag(K R K) = colsum((V K)²).
-    v = jsl.solve_triangular(lower, jnp.diag(sqrt_w), lower=True)
-    r = v.T @ v
-    vk = v @ cov
-    diag_sigma = jnp.diagonal(cov) - jnp.sum(vk * vk, axis=0)
-    s = 0.5 * value_bar * diag_sigma * d3
-    if theta_bar is not None:
-        s = s + theta_bar
-    u = s - r @ (cov @ s)
-    cov_bar = value_bar * (0.5 * jnp.outer(a, a) - 0.5 * r) + jnp.outer(u, a)
-    mean_bar = value_bar * a + u
-    k_u = cov @ u
-    del n
-
-    def lik_terms(p):
-        l0, l1, l2, _ = lik.derivatives(theta, p)
-        return value_bar * (jnp.sum(l0) + 0.5 * jnp.dot(diag_sigma, l2)) + jnp.dot(
-            k_u, l1
-        )
-
-    return cov_bar, mean_bar, lik_terms
-
-
-def _prec_cotangents(lik, theta, factors, band, mean, params, value_bar, theta_bar):
-    factor, prior_factor = factors
-    _, _, d2, d3 = lik.derivatives(theta, params)
-    # The band of (Q + W)⁻¹ and of Q⁻¹ (selected inverses): the derivatives of the
-    # two log-determinants, constants in the linearisation below (closed over, not
-    # arguments of `terms`).
-    sigma_blocks = _band_selected_inverse(factor)
-    prior_inverse = _band_selected_inverse(prior_factor)
-    diag_sigma = jnp.diagonal(sigma_blocks[0], axis1=-2, axis2=-1).ravel()
-    diag_sigma = diag_sigma[: theta.shape[0]]
-    s = 0.5 * value_bar * diag_sigma * d3
-    if theta_bar is not None:
-        s = s + theta_bar
-    u = banded_solve(factor, s)
-
-    def terms(band_, mean_, p):
-        # ḡ·log q + uᵀ∇_theta log q at fixed theta*, with each log-determinant
-        # replaced by its linearisation tr(A⁻¹ dA) (same first derivatives).
-        l0, l1, l2, _ = lik.derivatives(theta, p)
-        r = theta - mean_
-        qr = band_matvec(band_, r)
-        q_blocks = lower_bands_to_blocks(band_)
-        log_q = (
-            jnp.sum(l0)
-            - 0.5 * jnp.dot(r, qr)
-            + 0.5 * _blocks_inner(prior_inverse, q_blocks)
-            - 0.5 * (_blocks_inner(sigma_blocks, q_blocks) - jnp.dot(diag_sigma, l2))
-        )
-        return value_bar * log_q + jnp.dot(u, l1 - qr)
-
-    return terms
-
-
 @_latent_gaussian_log_marginal.def_bwd
 def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settings):
     del perturbed, theta_guess
@@ -506,7 +145,7 @@ def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settin
     theta = jnp.where(ok, theta, mean)
     if settings.precision_form:
         # The banded factors are finite even where a factorisation failed.
-        terms = _prec_cotangents(
+        terms = prec_cotangents(
             lik, theta, factor, mat, mean, params, value_bar, theta_bar
         )
         if params is None:
@@ -519,7 +158,7 @@ def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settin
     else:
         a = jnp.where(ok, a, 0.0)
         factor = jnp.where(ok, factor, jnp.eye(theta.shape[0], dtype=theta.dtype))
-        mat_bar, mean_bar, lik_terms = _cov_cotangents(
+        mat_bar, mean_bar, lik_terms = cov_cotangents(
             lik, theta, a, factor, mat, mean, params, value_bar, theta_bar
         )
         params_bar = None if params is None else jax.grad(lik_terms)(params)
@@ -642,11 +281,11 @@ class LatentGaussianMarginal(AbstractMarginal):
         matrix = self.covariance if self.precision is None else self.precision
         return _PhiFunctions(matrix, self.mean, self.likelihood_params)
 
-    def _settings(self, dtype) -> _Settings:
+    def _settings(self, dtype) -> NewtonSettings:
         eps = float(jnp.finfo(dtype).eps)
         tol = default_tolerance(dtype)
         xtol = eps ** (2 / 3) if self.xtol is None else self.xtol
-        return _Settings(
+        return NewtonSettings(
             self.precision is not None,
             self.max_steps,
             self.max_backtracks,
@@ -781,7 +420,7 @@ class LatentGaussianMarginal(AbstractMarginal):
                 return -0.5 * prior_quadratic(r) + half_logdet_q - half_log_2pi
 
         else:
-            lower, sqrt_w = _b_factor(mat, w)
+            lower, sqrt_w = b_factor(mat, w)
             chol_k = jnp.linalg.cholesky(mat)
             half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
 

@@ -1,6 +1,6 @@
-"""Marginal log-densities over the hyperparameters `phi`."""
+"""`LaplaceMarginal`: the Laplace marginal of any `log_joint(theta, phi)`, with a
+pluggable inner solver and Hessian strategy."""
 
-import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -9,119 +9,20 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree
 
-from ._ad import laplace_log_marginal
-from ._hessian import AbstractHessianStrategy, DenseHessian
-from ._inner import AbstractInnerSolver, Newton
-from ._misc import TreeRaveller, warn_if_low_precision
-from ._results import RESULTS
-
-
-class MarginalAux(eqx.Module):
-    """Auxiliary output of a marginal evaluation.
-
-    - `theta_star`: the mode of the latent at this `phi` (a PyTree like `theta_init`),
-      `None` for a [`lapsample.PlainDensity`][].
-    - `result`: a [`lapsample.RESULTS`][] code; anything but `successful` means the
-      log density is `-inf` here.
-    - `num_steps`: inner-solver iterations used.
-    """
-
-    theta_star: PyTree[Array] | None
-    result: RESULTS
-    num_steps: Int[Array, ""]
-
-
-class AbstractMarginal(eqx.Module):
-    """A log density over `phi` that the samplers can target.
-
-    `marginal(phi, theta_guess)` returns `(log_density, aux)` and is differentiable in
-    `phi` with `jax.value_and_grad(marginal, has_aux=True)`. `theta_guess` is a warm
-    start for the latent (ignored by marginals without one); samplers pass the
-    previous evaluation's `aux.theta_star`.
-    """
-
-    @abc.abstractmethod
-    def __call__(
-        self, phi: PyTree[Array], theta_guess: PyTree[Array] | None = None
-    ) -> tuple[Scalar, MarginalAux]:
-        """**Arguments:**
-
-        - `phi`: the hyperparameters.
-        - `theta_guess`: a warm start for the latent, or `None`.
-
-        **Returns:**
-
-        `(log_density, aux)`, with `aux` a [`lapsample.MarginalAux`][].
-        """
-
-
-class PlainDensity(AbstractMarginal):
-    """An ordinary log density `logdensity_fn(phi)`, with no latent to integrate out.
-
-    Lets the HMC machinery run on any differentiable log density.
-    """
-
-    logdensity_fn: Callable
-
-    def __call__(self, phi, theta_guess=None):
-        del theta_guess
-        value = jnp.asarray(self.logdensity_fn(phi))
-        result = RESULTS.where(
-            jnp.isfinite(value), RESULTS.successful, RESULTS.nonfinite_log_density
-        )
-        return value, MarginalAux(
-            theta_star=None, result=result, num_steps=jnp.array(0)
-        )
-
-
-PlainDensity.__init__.__doc__ = """**Arguments:**
-
-- `logdensity_fn`: `phi -> scalar`, a log density up to a constant.
-"""
+from .._hessian.base import AbstractHessianStrategy
+from .._hessian.dense import DenseHessian
+from .._inner import AbstractInnerSolver, Newton
+from .._misc import TreeRaveller
+from .._validate import check_float_tree, nonfinite_report, warn_if_low_precision
+from .ad import laplace_log_marginal
+from .base import AbstractMarginal, MarginalAux
 
 
 @eqx.filter_jit
 def _value_and_grads(log_joint, theta, phi):
     return jax.value_and_grad(log_joint, argnums=(0, 1))(theta, phi)
-
-
-def _leaf_paths(tree):
-    return [
-        (jtu.keystr(path), leaf) for path, leaf in jtu.tree_flatten_with_path(tree)[0]
-    ]
-
-
-def _check_float_tree(tree, name: str, example: str):
-    for path, leaf in _leaf_paths(tree):
-        if hasattr(leaf, "dtype"):
-            dtype = leaf.dtype
-        else:
-            try:
-                dtype = jnp.asarray(leaf).dtype
-            except TypeError:
-                raise TypeError(
-                    f"`{name}{path}` is a {type(leaf).__name__}, not an array. "
-                    f"`{name}` must be a PyTree of floating-point arrays, e.g. "
-                    f"{example}."
-                ) from None
-        if not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(
-                f"`{name}{path}` has dtype {dtype}; it must be floating point, or "
-                f"gradients and Newton steps are meaningless. Pass floats, e.g. "
-                f"{example} or `x.astype(float)`."
-            )
-
-
-def _nonfinite_report(tree, name: str) -> str:
-    bad = []
-    for path, leaf in _leaf_paths(tree):
-        arr = np.asarray(leaf)
-        if not np.all(np.isfinite(arr)):
-            where = np.argwhere(~np.isfinite(arr)).tolist() if arr.ndim else []
-            bad.append(f"{name}{path}" + (f" at indices {where[:5]}" if where else ""))
-    return ", ".join(bad)
 
 
 class _NegativeLogJoint(eqx.Module):
@@ -185,7 +86,7 @@ class LaplaceMarginal(AbstractMarginal):
                 "`log_joint` must be a callable `log_joint(theta, phi) -> scalar`, got "
                 f"{type(self.log_joint).__name__}."
             )
-        _check_float_tree(self.theta_init, "theta_init", "`jnp.zeros(n)`")
+        check_float_tree(self.theta_init, "theta_init", "`jnp.zeros(n)`")
         warn_if_low_precision(self.theta_init, "`theta_init`", stacklevel=4)
         if not isinstance(self.inner_solver, AbstractInnerSolver):
             raise TypeError(
@@ -213,7 +114,7 @@ class LaplaceMarginal(AbstractMarginal):
 
         - `phi`: a concrete value of the hyperparameters.
         """
-        _check_float_tree(phi, "phi", "`jnp.array(0.0)`")
+        check_float_tree(phi, "phi", "`jnp.array(0.0)`")
         warn_if_low_precision(phi, "`phi`")
         try:
             out = jax.eval_shape(self.log_joint, self.theta_init, phi)
@@ -247,8 +148,8 @@ class LaplaceMarginal(AbstractMarginal):
             inputs = ", ".join(
                 r
                 for r in (
-                    _nonfinite_report(self.theta_init, "theta_init"),
-                    _nonfinite_report(phi, "phi"),
+                    nonfinite_report(self.theta_init, "theta_init"),
+                    nonfinite_report(phi, "phi"),
                 )
                 if r
             )
@@ -265,7 +166,7 @@ class LaplaceMarginal(AbstractMarginal):
                 "point. " + hint
             )
         for grad, name in ((grad_theta, "theta"), (grad_phi, "phi")):
-            report = _nonfinite_report(grad, f"d log_joint / d {name}")
+            report = nonfinite_report(grad, f"d log_joint / d {name}")
             if report:
                 raise ValueError(
                     "`log_joint` is finite at the starting point but its gradient is "
@@ -344,34 +245,3 @@ LaplaceMarginal.__init__.__doc__ = """**Arguments:**
 - `hessian`: an [`lapsample.AbstractHessianStrategy`][]; default
     [`lapsample.DenseHessian`][].
 """
-
-
-def laplace_marginal_factory(
-    log_joint: Callable,
-    theta_init: PyTree[Array],
-    *,
-    maxiter: int = 30,
-    inner_solver: AbstractInnerSolver | None = None,
-    hessian: AbstractHessianStrategy | None = None,
-) -> LaplaceMarginal:
-    """BlackJAX-compatible constructor of a [`lapsample.LaplaceMarginal`][].
-
-    Code written for `blackjax.mcmc.laplace_marginal.laplace_marginal_factory` ports
-    by changing the import. `maxiter` becomes the Newton solver's `max_steps`.
-
-    **Arguments:**
-
-    - `log_joint`, `theta_init`: as for [`lapsample.LaplaceMarginal`][].
-    - `maxiter`: the most inner-solver iterations per evaluation.
-    - `inner_solver`: overrides the default `Newton(max_steps=maxiter)`.
-    - `hessian`: the Hessian strategy; default [`lapsample.DenseHessian`][].
-
-    **Returns:**
-
-    A [`lapsample.LaplaceMarginal`][], with `sample_theta(key, phi, theta_star)`.
-    """
-    if inner_solver is None:
-        inner_solver = Newton(max_steps=maxiter)
-    if hessian is None:
-        hessian = DenseHessian()
-    return LaplaceMarginal(log_joint, theta_init, inner_solver, hessian)

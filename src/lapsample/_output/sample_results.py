@@ -1,5 +1,4 @@
-"""The output of `lapsample.sample`: draws, sample statistics, tuned settings, and
-conversion to ArviZ."""
+"""`SampleResults`: the draws of a run, with ArviZ output and a summary."""
 
 import warnings
 from collections.abc import Callable
@@ -10,8 +9,9 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from ._check import LaplaceCheckResults
-from ._sampler import Sampler, SamplerState
+from .._misc import import_arviz, variable_names
+from .._sampler import Sampler, SamplerState
+from .check_results import LaplaceCheckResults
 
 
 # The R-hat above which `summary` warns (Vehtari et al. 2021).
@@ -35,47 +35,6 @@ _SCHEMA_ORDER = (
     "inner_steps",
     "inner_failed",
 )
-
-
-def import_arviz(what: str):
-    """ArviZ, imported lazily, without its import-time FutureWarning."""
-    try:
-        with warnings.catch_warnings():
-            # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            import arviz
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"`{what}` needs ArviZ, which is not installed. Install it with "
-            '`pip install "lapsample[arviz]"`.'
-        ) from e
-    return arviz
-
-
-def _key_name(key) -> str:
-    if isinstance(key, jtu.DictKey):
-        return str(key.key)
-    if isinstance(key, jtu.GetAttrKey):
-        return key.name
-    if isinstance(key, jtu.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jtu.FlattenedIndexKey):
-        return str(key.key)
-    return str(key)  # pragma: no cover - other key types
-
-
-def variable_names(tree: PyTree, base: str) -> list[tuple[str, Any]]:
-    """`(name, leaf)` pairs naming the leaves of `tree`: a bare array is `base`; a
-    dict (or Module, namedtuple) gives its keys; nested levels are joined with
-    `.`; a top-level list or tuple gives `base.0`, `base.1`, ..."""
-    pairs = jtu.tree_flatten_with_path(tree)[0]
-    out = []
-    for path, leaf in pairs:
-        parts = [_key_name(k) for k in path]
-        if not parts or isinstance(path[0], jtu.SequenceKey | jtu.FlattenedIndexKey):
-            parts.insert(0, base)
-        out.append((".".join(parts), leaf))
-    return out
 
 
 class SampleResults(eqx.Module):

@@ -1,0 +1,213 @@
+"""The Hessian-strategy interface, its structured variant, and the
+Hessian-vector products every strategy builds on."""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree, Scalar
+
+from .._custom_types import FlatFn
+from .._factor import AbstractFactor
+
+
+def hvp(fn: FlatFn, theta, phi, v):
+    """Hessian-vector product `∇²_θ fn(theta, phi) v` (forward over reverse)."""
+    grad_fn = jax.grad(fn)
+    return jax.jvp(lambda t: grad_fn(t, phi), (theta,), (v,))[1]
+
+
+def second_directional(fn: FlatFn, theta, phi, v):
+    """`vᵀ ∇²_θ fn(theta, phi) v` (forward over forward)."""
+
+    def first(t):
+        return jax.jvp(lambda s: fn(s, phi), (t,), (v,))[1]
+
+    return jax.jvp(first, (theta,), (v,))[1]
+
+
+def probe_vector(theta: Float[Array, " d"]) -> Float[Array, " d"]:
+    """A fixed pseudo-random vector in `[-1, 1]` (a Weyl sequence) for structure
+    checks: no two entries are equal, so curvature outside the assumed structure
+    changes `A z`."""
+    golden = 0.6180339887498949
+    i = jnp.arange(theta.shape[0], dtype=theta.dtype)
+    return 2.0 * jnp.mod(0.5 + golden * i, 1.0) - 1.0
+
+
+def structure_agrees(hz, az, scale) -> Bool[Array, ""]:
+    """Whether the exact product `hz = H z` matches `az`, the product with the
+    matrix assembled under the assumed structure, up to `√eps` relative to
+    `max(|A| |z|)`. Non-finite entries pass: the positive-definiteness check
+    reports them."""
+    eps = jnp.finfo(hz.dtype).eps
+    tol = jnp.sqrt(eps) * jnp.max(scale, initial=0.0)
+    # Two reductions in all (each is a separate kernel on CPU).
+    differ = jnp.abs(hz - az) > tol  # False where either is NaN
+    finite = jnp.isfinite(hz) & jnp.isfinite(az)
+    return ~jnp.any(differ & finite)
+
+
+class AbstractHessianStrategy(eqx.Module):
+    """How the Hessian in `theta` is represented and factorised.
+
+    A strategy builds `A = ∇²_θ fn(theta, phi)` of the negative log joint `fn` (with
+    a flat `theta`), factorises it **once**, and answers every question the
+    Laplace marginal asks from that one factor:
+
+    - `logdet(factor)`: `log det A`;
+    - `solve(factor, v)`: `A⁻¹ v`;
+    - `sample(factor, key)`: a draw from `N(0, A⁻¹)`;
+    - `logdet_surrogate(factor, fn, theta, phi)`: the scalar
+      `tr(A₀⁻¹ ∇²_θ fn(theta, phi))` with `A₀⁻¹` held fixed at the factorised point.
+      Its first derivatives in `theta` and `phi` equal those of `log det A` there,
+      which is how the marginal's gradient gets the third-derivative term without a
+      `d × d × d` tensor.
+
+    Subclass it to exploit structure (diagonal, banded, block, latent-Gaussian...).
+    """
+
+    @abc.abstractmethod
+    def factorise(
+        self, fn: FlatFn, theta: Float[Array, " d"], phi: PyTree[Array]
+    ) -> AbstractFactor:
+        """Build and factorise `A = ∇²_θ fn(theta, phi)`.
+
+        **Arguments:**
+
+        - `fn`: the negative log joint, `fn(theta_flat, phi) -> scalar`.
+        - `theta`: the flat latent vector.
+        - `phi`: the hyperparameters (any PyTree).
+
+        **Returns:**
+
+        A factor (arrays only). Its `positive_definite` is `False` when `A` is not
+        positive definite or not finite.
+        """
+
+    def factorise_and_solve(
+        self,
+        fn: FlatFn,
+        theta: Float[Array, " d"],
+        phi: PyTree[Array],
+        vector: Float[Array, " d"],
+    ) -> tuple[AbstractFactor, Array]:
+        """`(factorise(fn, theta, phi), A⁻¹ vector)`: what a Newton step needs. By
+        default the two calls; a strategy may fuse them (the tridiagonal one runs
+        the forward substitution inside its factorisation loop)."""
+        factor = self.factorise(fn, theta, phi)
+        return factor, self.solve(factor, vector)
+
+    @abc.abstractmethod
+    def logdet(self, factor: AbstractFactor) -> Scalar:
+        """`log det A` from the factor."""
+
+    @abc.abstractmethod
+    def solve(self, factor: AbstractFactor, vector: Float[Array, " d"]) -> Array:
+        """`A⁻¹ vector` from the factor."""
+
+    @abc.abstractmethod
+    def sample(self, factor: AbstractFactor, key: PRNGKeyArray) -> Array:
+        """A draw from `N(0, A⁻¹)` using the factor."""
+
+    @abc.abstractmethod
+    def logdet_surrogate(
+        self,
+        factor: AbstractFactor,
+        fn: FlatFn,
+        theta: Float[Array, " d"],
+        phi: PyTree[Array],
+    ) -> Scalar:
+        """`tr(A₀⁻¹ ∇²_θ fn(theta, phi))`, with `A₀` the factorised matrix held fixed.
+
+        Differentiable in `theta` and `phi`; its gradient at the factorised point
+        equals the gradient of `log det ∇²_θ fn`.
+        """
+
+    def without_checks(self) -> "AbstractHessianStrategy":
+        """This strategy with its per-factorisation structure check turned off.
+
+        An iterative inner solver factorises with it at every iterate and checks
+        only the factor it returns, with `check_factor`: a wrong structure can only
+        misdirect intermediate steps, and the final check still turns it into
+        `RESULTS.structure_violated`. Strategies that assume no structure return
+        themselves.
+        """
+        return self
+
+    def check_factor(
+        self,
+        factor: AbstractFactor,
+        fn: FlatFn,
+        theta: Float[Array, " d"],
+        phi: PyTree[Array],
+    ) -> AbstractFactor:
+        """`factor`, made at `(theta, phi)` by `self.without_checks()`, with the
+        structure check that `self.factorise` would have made applied to it.
+        Strategies that assume no structure return it unchanged."""
+        del fn, theta, phi
+        return factor
+
+    def check_structure(
+        self, fn: FlatFn, theta: Float[Array, " d"], phi: PyTree[Array]
+    ) -> None:
+        """Check, before compilation, that the Hessian at `(theta, phi)` has the
+        structure this strategy assumes; [`lapsample.LaplaceMarginal.check`][] calls
+        it.
+
+        Strategies that assume nothing (dense, matrix-free) pass. Structured ones
+        ([`lapsample.DiagonalHessian`][], [`lapsample.BandedHessian`][],
+        [`lapsample.BlockDiagonalHessian`][]) factorise once, with their structure
+        check on, and raise a `ValueError` that names the fix when one extra
+        Hessian-vector product disagrees with the assumed structure.
+        """
+        if not isinstance(self, AbstractStructuredHessian):
+            return None
+        strategy = eqx.tree_at(lambda s: s.verify, self, True)
+        factor = eqx.filter_jit(strategy.factorise)(fn, theta, phi)
+        if not bool(factor.structure_ok):
+            raise ValueError(
+                f"The Hessian of the log joint in `theta` does not have the structure "
+                f"that `{self!r}` assumes: at `theta_init` it has curvature outside "
+                "it. Use a wider band or larger blocks, order the flattened `theta` "
+                "so that coupled latents are neighbours (neighbours in time next to "
+                "each other; each group's latents consecutive), or use "
+                "`DenseHessian()`."
+            )
+        return None
+
+
+class AbstractStructuredHessian(AbstractHessianStrategy):
+    """A strategy that assumes structure in the Hessian and checks it.
+
+    Its factors are `AbstractStructuredFactor`s, and `verify` says whether each
+    factorisation checks the structure with one extra Hessian-vector product.
+    """
+
+    verify: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def _factor_product(self, factor, z) -> tuple[Array, Array]:
+        """`(A z, |L||Lᵀ||z|)` from the factor `A = L Lᵀ`: the product with the
+        matrix assembled under the assumed structure, and a bound on `|A||z|` that
+        scales the comparison."""
+
+    def without_checks(self):
+        return eqx.tree_at(lambda s: s.verify, self, False) if self.verify else self
+
+    def check_factor(self, factor, fn, theta, phi):
+        if not self.verify:
+            return factor
+        z = probe_vector(theta)
+        az, scale = self._factor_product(factor, z)
+        agrees = structure_agrees(hvp(fn, theta, phi, z), az, scale)
+        # A factor that is not positive definite has been replaced by identities,
+        # so its product says nothing about the structure; its own code explains
+        # the failure.
+        structure_ok = agrees | ~factor.positive_definite
+        return eqx.tree_at(
+            lambda f: (f.structure_ok, f.positive_definite),
+            factor,
+            (structure_ok, factor.positive_definite & structure_ok),
+        )

@@ -1,0 +1,1 @@
+"""Marginals: the log density that HMC samples, with the latent integrated out."""

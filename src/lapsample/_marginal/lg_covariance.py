@@ -1,0 +1,170 @@
+"""The covariance form of the latent-Gaussian marginal: Newton in
+`B = I + W½ K W½` (Rasmussen & Williams, Alg. 3.1) and its cotangents (Alg. 5.1)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Bool, Int
+
+from .._misc import max_abs
+from .._results import RESULTS
+from .lg_newton import backtrack, NewtonSettings
+
+
+# --------------------------------------------------------------------------------
+# Newton, covariance form: state (a, theta = m + K a).
+# --------------------------------------------------------------------------------
+
+
+class _CovState(eqx.Module):
+    a: Array
+    theta: Array
+    value: Array  # Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)
+    a_new: Array  # the full Newton step's target
+    theta_new: Array
+    decrement: Array  # ∇Ψᵀ(theta_new - theta)
+    lower: Array  # Cholesky of B at theta
+    ok: Bool[Array, ""]
+    num_steps: Int[Array, ""]
+    done: Bool[Array, ""]
+
+
+def _cov_psi(lik, params, mean, a, theta):
+    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(a, theta - mean)
+
+
+def b_factor(cov, w):
+    """`L` with `L Lᵀ = I + W½ K W½`, and `W½` (NaN where `W < 0`)."""
+    sqrt_w = jnp.where(w >= 0, jnp.sqrt(jnp.maximum(w, 0.0)), jnp.nan)
+    b = jnp.eye(w.shape[0], dtype=w.dtype) + sqrt_w[:, None] * cov * sqrt_w[None, :]
+    return jnp.linalg.cholesky(b), sqrt_w
+
+
+def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
+    value_terms, d1, d2, _ = lik.derivatives(theta, params)
+    value = jnp.sum(value_terms) - 0.5 * jnp.dot(a, theta - mean)
+    w = -d2
+    lower, sqrt_w = b_factor(cov, w)
+    # Newton: a_new = b - W½ B⁻¹ W½ K b, b = W (theta - m) + ℓ'.
+    rhs = w * (theta - mean) + d1
+    a_new = rhs - sqrt_w * jsl.cho_solve((lower, True), sqrt_w * (cov @ rhs))
+    theta_new = mean + cov @ a_new
+    decrement = jnp.dot(d1 - a, theta_new - theta)
+    ok = (
+        jnp.isfinite(value)
+        & jnp.all(jnp.isfinite(lower))
+        & jnp.all(jnp.isfinite(a_new))
+        & jnp.isfinite(decrement)
+    )
+    return _CovState(
+        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps, done
+    )
+
+
+def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
+    dtype = cov.dtype
+    n = cov.shape[0]
+    # Two starts: theta = m (a = 0), and a = ℓ'(theta_guess), which is a* exactly
+    # when theta_guess is the mode at the same phi. Keep the better.
+    a_zero = jnp.zeros(n, dtype)
+    psi_zero = _cov_psi(lik, params, mean, a_zero, mean)
+    if theta_guess is None:
+        a0, theta0 = a_zero, mean
+    else:
+        a_guess = lik.derivatives(theta_guess, params)[1]
+        theta_guess_a = mean + cov @ a_guess
+        psi_guess = _cov_psi(lik, params, mean, a_guess, theta_guess_a)
+        use_guess = jnp.isfinite(psi_guess) & (
+            ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
+        )
+        a0 = jnp.where(use_guess, a_guess, a_zero)
+        theta0 = jnp.where(use_guess, theta_guess_a, mean)
+
+    def acceptable(s):
+        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
+            s.value
+        )
+
+    def negligible(s):
+        return max_abs(s.theta_new - s.theta) <= settings.xtol * (1 + max_abs(s.theta))
+
+    state = _cov_evaluate(
+        lik, params, cov, mean, a0, theta0, jnp.array(0), jnp.array(False)
+    )
+    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
+
+    def cond(s):
+        return ~s.done & (s.num_steps < settings.max_steps)
+
+    def body(s):
+        da = s.a_new - s.a
+        dtheta = s.theta_new - s.theta
+
+        def trial_value(step):
+            return _cov_psi(lik, params, mean, s.a + step * da, s.theta + step * dtheta)
+
+        step, accepted = backtrack(
+            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
+        )
+        new = _cov_evaluate(
+            lik,
+            params,
+            cov,
+            mean,
+            s.a + step * da,
+            s.theta + step * dtheta,
+            s.num_steps + 1,
+            jnp.array(False),
+        )
+        # Rounding has taken over when a full step stops shrinking the step (and
+        # the decrement is already small: early damped steps also do this).
+        stalled = (step == 1) & (
+            max_abs(new.theta_new - new.theta) > 0.5 * max_abs(dtheta)
+        )
+        new = eqx.tree_at(
+            lambda x: x.done,
+            new,
+            ~new.ok | negligible(new) | (stalled & acceptable(new)),
+        )
+        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
+        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
+
+    s = jax.lax.while_loop(cond, body, state)
+    converged = negligible(s) | acceptable(s)
+    result = RESULTS.where(
+        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
+    )
+    result = RESULTS.where(
+        jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
+    )
+    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.lower)))
+    return value, s.a, s.theta, s.lower, result, s.num_steps
+
+
+def cov_cotangents(lik, theta, a, lower, cov, mean, params, value_bar, theta_bar):
+    _, _, d2, d3 = lik.derivatives(theta, params)
+    w = -d2
+    sqrt_w = jnp.sqrt(jnp.maximum(w, 0.0))
+    n = theta.shape[0]
+    # V = L⁻¹ W½, so R = W½ B⁻¹ W½ = Vᵀ V and diag(K R K) = colsum((V K)²).
+    v = jsl.solve_triangular(lower, jnp.diag(sqrt_w), lower=True)
+    r = v.T @ v
+    vk = v @ cov
+    diag_sigma = jnp.diagonal(cov) - jnp.sum(vk * vk, axis=0)
+    s = 0.5 * value_bar * diag_sigma * d3
+    if theta_bar is not None:
+        s = s + theta_bar
+    u = s - r @ (cov @ s)
+    cov_bar = value_bar * (0.5 * jnp.outer(a, a) - 0.5 * r) + jnp.outer(u, a)
+    mean_bar = value_bar * a + u
+    k_u = cov @ u
+    del n
+
+    def lik_terms(p):
+        l0, l1, l2, _ = lik.derivatives(theta, p)
+        return value_bar * (jnp.sum(l0) + 0.5 * jnp.dot(diag_sigma, l2)) + jnp.dot(
+            k_u, l1
+        )
+
+    return cov_bar, mean_bar, lik_terms

@@ -1,0 +1,161 @@
+"""The precision form of the latent-Gaussian marginal: Newton on `Q + W` with the
+banded kernels, and its cotangents from the selected inverse."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int
+
+from .._linalg.banded import (
+    add_to_block_diagonal,
+    band_matvec,
+    band_selected_inverse,
+    banded_factorise,
+    banded_logdet,
+    banded_solve,
+    BandedFactor,
+    blocks_inner,
+    lower_bands_to_blocks,
+)
+from .._misc import max_abs
+from .._results import RESULTS
+from .lg_newton import backtrack, NewtonSettings
+
+
+# --------------------------------------------------------------------------------
+# Newton, precision form: state theta, banded H = Q + W.
+# --------------------------------------------------------------------------------
+
+
+class _PrecState(eqx.Module):
+    theta: Array
+    value: Array  # Ψ(theta) = ℓ(theta) - ½ rᵀ Q r
+    direction: Array
+    decrement: Array
+    factor: BandedFactor  # of Q + W at theta
+    ok: Bool[Array, ""]
+    num_steps: Int[Array, ""]
+    done: Bool[Array, ""]
+
+
+def _prec_psi(lik, params, band, mean, theta):
+    r = theta - mean
+    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(
+        r, band_matvec(band, r)
+    )
+
+
+def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps, associative):
+    value_terms, d1, d2, _ = lik.derivatives(theta, params)
+    r = theta - mean
+    qr = band_matvec(band, r)
+    value = jnp.sum(value_terms) - 0.5 * jnp.dot(r, qr)
+    grad = d1 - qr
+    factor, factor_ok, direction = banded_factorise(
+        add_to_block_diagonal(q_blocks[0], -d2),
+        q_blocks[1],
+        theta.shape[0],
+        rhs=grad,
+        associative=associative,
+    )
+    decrement = jnp.dot(grad, direction)
+    ok = jnp.isfinite(value) & factor_ok & jnp.all(jnp.isfinite(direction))
+    return _PrecState(
+        theta, value, direction, decrement, factor, ok, num_steps, jnp.array(False)
+    )
+
+
+def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
+    dtype = band.dtype
+    q_blocks = lower_bands_to_blocks(band)
+    psi_mean = _prec_psi(lik, params, band, mean, mean)
+    if theta_guess is None:
+        theta0 = mean
+    else:
+        psi_guess = _prec_psi(lik, params, band, mean, theta_guess)
+        use_guess = jnp.isfinite(psi_guess) & (
+            ~jnp.isfinite(psi_mean) | (psi_guess >= psi_mean)
+        )
+        theta0 = jnp.where(use_guess, theta_guess, mean)
+
+    def acceptable(s):
+        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
+            s.value
+        )
+
+    def negligible(s):
+        return max_abs(s.direction) <= settings.xtol * (1 + max_abs(s.theta))
+
+    def evaluate(theta, num_steps):
+        return _prec_evaluate(
+            lik, params, band, q_blocks, mean, theta, num_steps, settings.associative
+        )
+
+    state = evaluate(theta0, jnp.array(0))
+    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
+
+    def cond(s):
+        return ~s.done & (s.num_steps < settings.max_steps)
+
+    def body(s):
+        def trial_value(step):
+            return _prec_psi(lik, params, band, mean, s.theta + step * s.direction)
+
+        step, accepted = backtrack(
+            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
+        )
+        new = evaluate(s.theta + step * s.direction, s.num_steps + 1)
+        stalled = (step == 1) & (max_abs(new.direction) > 0.5 * max_abs(s.direction))
+        new = eqx.tree_at(
+            lambda x: x.done,
+            new,
+            ~new.ok | negligible(new) | (stalled & acceptable(new)),
+        )
+        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
+        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
+
+    s = jax.lax.while_loop(cond, body, state)
+    converged = negligible(s) | acceptable(s)
+    result = RESULTS.where(
+        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
+    )
+    prior_factor, prior_ok = banded_factorise(
+        *q_blocks, band.shape[1], associative=settings.associative
+    )
+    pd = s.factor.positive_definite & prior_ok
+    result = RESULTS.where(pd, result, RESULTS.hessian_not_positive_definite)
+    value = s.value + 0.5 * banded_logdet(prior_factor) - 0.5 * banded_logdet(s.factor)
+    return value, s.theta, (s.factor, prior_factor), result, s.num_steps
+
+
+def prec_cotangents(lik, theta, factors, band, mean, params, value_bar, theta_bar):
+    factor, prior_factor = factors
+    _, _, d2, d3 = lik.derivatives(theta, params)
+    # The band of (Q + W)⁻¹ and of Q⁻¹ (selected inverses): the derivatives of the
+    # two log-determinants, constants in the linearisation below (closed over, not
+    # arguments of `terms`).
+    sigma_blocks = band_selected_inverse(factor)
+    prior_inverse = band_selected_inverse(prior_factor)
+    diag_sigma = jnp.diagonal(sigma_blocks[0], axis1=-2, axis2=-1).ravel()
+    diag_sigma = diag_sigma[: theta.shape[0]]
+    s = 0.5 * value_bar * diag_sigma * d3
+    if theta_bar is not None:
+        s = s + theta_bar
+    u = banded_solve(factor, s)
+
+    def terms(band_, mean_, p):
+        # ḡ·log q + uᵀ∇_theta log q at fixed theta*, with each log-determinant
+        # replaced by its linearisation tr(A⁻¹ dA) (same first derivatives).
+        l0, l1, l2, _ = lik.derivatives(theta, p)
+        r = theta - mean_
+        qr = band_matvec(band_, r)
+        q_blocks = lower_bands_to_blocks(band_)
+        log_q = (
+            jnp.sum(l0)
+            - 0.5 * jnp.dot(r, qr)
+            + 0.5 * blocks_inner(prior_inverse, q_blocks)
+            - 0.5 * (blocks_inner(sigma_blocks, q_blocks) - jnp.dot(diag_sigma, l2))
+        )
+        return value_bar * log_q + jnp.dot(u, l1 - qr)
+
+    return terms

@@ -1,0 +1,2 @@
+"""Host-side result containers (NumPy, ArviZ, pandas, matplotlib): nothing here
+is traced."""

@@ -1,0 +1,506 @@
+"""`sample` starts a run and `resume` continues one from a checkpoint."""
+
+import math
+import os
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
+
+from .._laplace_check import CHECKABLE, laplace_check as run_laplace_check
+from .._marginal.base import AbstractMarginal
+from .._marginal.laplace import LaplaceMarginal
+from .._numpyro import NumPyroModel
+from .._output.sample_results import SampleResults
+from .._sampler import Sampler
+from .._validate import check_int, check_key
+from . import checkpoint as checkpoint_file
+from .devices import place_on_mesh, to_host
+from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
+from .schedule import MIN_WARMUP_FOR_MASS
+from .settings import (
+    as_sampler,
+    inverse_mass_array,
+    jitter_positions,
+    per_chain_positions,
+    settings_for,
+    TARGET_CHUNKS,
+    unwrap_numpyro,
+    with_postprocess,
+)
+
+
+# `fold_in` index of the key of `sample(..., laplace_check=True)`.
+_LAPLACE_CHECK_STREAM = 0x1A9C
+
+
+def sample(
+    key: PRNGKeyArray,
+    model: Sampler | AbstractMarginal | NumPyroModel,
+    initial_position: PyTree[ArrayLike] | None = None,
+    *,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int | None = None,
+    target_accept: float = 0.8,
+    dense_mass: bool | None = None,
+    adapt_mass_matrix: bool = True,
+    chain_axis: bool = False,
+    jitter: float = 0.0,
+    sample_theta: bool = False,
+    save_warmup: bool = False,
+    chain_method: Literal["vectorized", "sequential"] | None = None,
+    chunk_size: int | None = None,
+    progress_bar: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    laplace_check: bool = False,
+) -> SampleResults:
+    r"""Run several chains of Hamiltonian Monte Carlo with Stan-style warm-up.
+
+    ```python
+    marginal = lapsample.LaplaceMarginal(log_joint, theta_init=jnp.zeros(n))
+    results = lapsample.sample(jax.random.key(0), marginal, phi_init)
+    results.print_summary()            # mean, sd, HDI, ESS, R-hat; divergences
+    idata = results.to_arviz()
+    ```
+
+    **The sampler.** A [`lapsample.LaplaceMarginal`][] (or any
+    [`lapsample.AbstractMarginal`][]) is sampled with NUTS:
+    `Sampler(model, Multinomial(), NoUTurn(), step_size=1.0,
+    inverse_mass_matrix=1.0)`, the starting values of warm-up. Pass a
+    [`lapsample.Sampler`][] to choose the trajectory, integrator, maximum tree depth
+    or starting metric; its step size and inverse mass matrix are where warm-up
+    starts.
+
+    **Warm-up** follows Stan. Before the first transition a heuristic search sets
+    the step size (double or halve it until one integrator step's acceptance
+    probability crosses 0.8). Then, over `num_warmup` iterations: an initial fast
+    window of 75 iterations, slow windows of 25, 50, 100, ... iterations (the last
+    stretched to fill the space) and a final fast window of 50; when `num_warmup <
+    150` the three are scaled to 15% / 75% / 10%, and below 20 iterations only the
+    step size is adapted. In every warm-up iteration the step size follows dual
+    averaging (Hoffman & Gelman 2014: `gamma = 0.05`, `t0 = 10`, `kappa = 0.75`,
+    `mu = log(10 · step_size)`) toward `target_accept`; at the end of each slow
+    window the inverse mass matrix becomes the window's sample variance of `phi`
+    (a diagonal by default, the covariance with `dense_mass=True`), regularised as
+    Stan does, `(n/(n + 5)) · var + 1e-3 · 5/(n + 5)`, and the step size is searched
+    afresh. After warm-up the step size is the dual-averaging average and stays
+    fixed, as does the mass matrix. Each chain adapts on its own. Adapted values
+    are arrays: they never cause recompilation.
+
+    **Chains and devices.** Chains run in parallel inside one compiled function.
+    When several devices are visible (`jax.devices()`), the chains are split
+    across them (a 1-D mesh named `"chains"`; with `num_chains` not a multiple of
+    the device count, the largest number of devices that divides it); on each
+    device the chains are vectorised with `vmap` or run one after another
+    (`chain_method`). Chains never exchange information, and the randomness of a
+    chain depends only on the key and the chain's index, so with
+    `chain_method="sequential"` (the default on CPU) the same key gives the same
+    draws, bit for bit, on one device or on four. Vectorised chains agree across
+    device counts only up to floating-point round-off (which then grows along the
+    chain): the number of chains per device changes the batch shape, and with it
+    the kernels XLA picks.
+
+    *Several hosts.* Start one process per host and call
+    `jax.distributed.initialize()` at the top of the script (before any other
+    JAX call); `jax.devices()` then lists every device of every host, and
+    `sample` spreads the chains over all of them (`num_chains` must then be a
+    multiple of the total number of devices). Run the same script, with the same
+    key and arguments, on every host: every process receives the complete results.
+    Only process 0 shows the progress bar and writes the checkpoint, so put the
+    checkpoint on a file system process 0 can write to, and resume the same way
+    (every process calls `resume` with the same file).
+
+    **Progress.** The chains advance in compiled chunks of `chunk_size`
+    iterations (default: about 50 chunks per run) driven from Python. A `tqdm`
+    progress bar shows the phase (warm-up or sampling), divergences so far, the mean
+    step size and the speed in iterations per second. It is shown only when
+    standard error is a terminal and the `CI` environment variable is not set;
+    `progress_bar=False` turns it off. The chunk size never changes the draws:
+    the randomness of iteration `i` of a chain comes from `fold_in(chain_key, i)`.
+
+    **Checkpoints.** With `checkpoint="run.lsmp"` the chain states, the adaptation
+    state, the keys, the iteration count and the draws so far are written at the
+    end of every chunk, atomically (a temporary file in the same directory, then a
+    rename), so a run killed at any moment leaves the last complete checkpoint.
+    [`lapsample.resume`][] continues it and gives draws identical, bit for bit, to
+    an uninterrupted run. An existing file is not overwritten unless
+    `overwrite=True`, and a file that is not a lapsample checkpoint never is.
+
+    **Arguments:**
+
+    - `key`: a JAX PRNG key (`jax.random.key(seed)`).
+    - `model`: a [`lapsample.Sampler`][], or a marginal such as
+      [`lapsample.LaplaceMarginal`][] (sampled with NUTS).
+    - `initial_position`: the starting `phi`, a PyTree of arrays. By default it is
+      one position, used by every chain. With `chain_axis=True` every leaf has a
+      leading axis of length `num_chains`: one starting point per chain.
+    - `num_warmup`: warm-up iterations per chain (at least 0; default 1000).
+      `num_warmup=0` turns adaptation off: a `Sampler` runs with its own step size
+      and metric, a marginal with the searched step size and a unit metric.
+    - `num_samples`: draws per chain after warm-up (at least 1; default 1000).
+    - `num_chains`: the number of chains (default 4, or the leading axis of
+      `initial_position` with `chain_axis=True`).
+    - `target_accept`: the acceptance statistic that step-size adaptation aims
+      for, in (0, 1); default 0.8. Raise it (0.9, 0.95) to remove divergences.
+    - `dense_mass`: adapt a dense inverse mass matrix (the posterior covariance of
+      `phi`) instead of a diagonal one. Default: dense if the sampler's inverse
+      mass matrix is a matrix, else diagonal.
+    - `adapt_mass_matrix`: whether warm-up adapts the mass matrix (default
+      `True`); with `False` only the step size is adapted and the sampler's metric
+      is kept (needed for a custom [`lapsample.AbstractMetric`][]).
+    - `chain_axis`: whether `initial_position` has a leading chain axis.
+    - `jitter`: if positive, every chain starts at `initial_position` plus
+      independent uniform noise on `(-jitter, jitter)` in each coordinate (Stan's
+      random initialisation uses 2 on the unconstrained scale). Over-dispersed
+      starts make R-hat more sensitive. A start where the log density is not
+      finite is redrawn (up to 100 times).
+    - `sample_theta`: also draw the latent `theta ~ N(theta*, H⁻¹)` at every draw
+      (needs a [`lapsample.LaplaceMarginal`][]).
+    - `save_warmup`: also keep the warm-up draws and statistics.
+    - `chain_method`: `"vectorized"` (chains batched with `vmap` on each device)
+      or `"sequential"` (one after another on each device, inside the same
+      compiled loop). Default: vectorized on GPU/TPU, sequential on CPU, where
+      vectorising NUTS gains little (the batch waits for the longest trajectory)
+      and where batched LAPACK factorisations of jaxlib 0.10 can deadlock on
+      machines with few cores.
+    - `chunk_size`: iterations per compiled chunk (default: about 1/50 of the
+      run).
+    - `progress_bar`: show a progress bar when attached to a terminal (default
+      `True`).
+    - `checkpoint`: a file to write checkpoints to (e.g. `"run.lsmp"`).
+    - `overwrite`: replace an existing checkpoint file at `checkpoint`.
+    - `laplace_check`: after sampling, run [`lapsample.laplace_check`][] with its
+      defaults (20 draws of `phi`, or all when there are fewer) on the results
+      (needs a [`lapsample.LaplaceMarginal`][]); the result is
+      `results.laplace_check` and `results.summary()` reports it. `resume` does not
+      run it: call `lapsample.laplace_check(results, key)` afterwards.
+
+    **Returns:**
+
+    A [`lapsample.SampleResults`][].
+
+    **Raises:**
+
+    `ValueError` for invalid settings, and for a starting point where the log
+    density is not finite; `LaplaceMarginal.check` errors for a
+    model that fails at the starting point; `FileExistsError` if `checkpoint`
+    exists and `overwrite` is `False`.
+
+    ??? cite "References"
+
+        ```bibtex
+        @article{hoffman2014no,
+            title={The No-U-Turn sampler: adaptively setting path lengths in
+                   Hamiltonian Monte Carlo},
+            author={Hoffman, Matthew D and Gelman, Andrew},
+            journal={Journal of Machine Learning Research},
+            volume={15},
+            number={1},
+            pages={1593--1623},
+            year={2014}
+        }
+
+        @article{carpenter2017stan,
+            title={Stan: A probabilistic programming language},
+            author={Carpenter, Bob and Gelman, Andrew and Hoffman, Matthew D and
+                    Lee, Daniel and Goodrich, Ben and Betancourt, Michael and
+                    Brubaker, Marcus and Guo, Jiqiang and Li, Peter and
+                    Riddell, Allen},
+            journal={Journal of Statistical Software},
+            volume={76},
+            number={1},
+            year={2017}
+        }
+        ```
+    """
+    key = check_key(key)
+    model, initial_position, postprocess = unwrap_numpyro(model, initial_position)
+    sampler = as_sampler(model)
+    num_warmup = check_int("num_warmup", num_warmup, 0)
+    num_samples = check_int("num_samples", num_samples, 1)
+    if num_chains is None:
+        if chain_axis:
+            leaves = jtu.tree_leaves(initial_position)
+            if not leaves or np.ndim(leaves[0]) == 0:
+                raise ValueError(
+                    "With `chain_axis=True`, the leaves of `initial_position` need a "
+                    "leading chain axis."
+                )
+            num_chains = int(np.shape(leaves[0])[0])
+        else:
+            num_chains = 4
+    num_chains = check_int("num_chains", num_chains, 1)
+    if isinstance(target_accept, bool) or not isinstance(
+        target_accept, int | float | np.floating
+    ):
+        raise TypeError(f"`target_accept` must be a float, got {target_accept!r}.")
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ValueError(f"`target_accept` must be in (0, 1), got {target_accept}.")
+    if isinstance(jitter, bool) or not isinstance(jitter, int | float | np.floating):
+        raise TypeError(f"`jitter` must be a float, got {jitter!r}.")
+    if not (math.isfinite(float(jitter)) and float(jitter) >= 0.0):
+        raise ValueError(f"`jitter` must be finite and at least 0, got {jitter}.")
+    for name, value in (
+        ("chain_axis", chain_axis),
+        ("sample_theta", sample_theta),
+        ("save_warmup", save_warmup),
+        ("adapt_mass_matrix", adapt_mass_matrix),
+        ("progress_bar", progress_bar),
+        ("overwrite", overwrite),
+        ("laplace_check", laplace_check),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    if dense_mass is not None and not isinstance(dense_mass, bool):
+        raise TypeError(
+            f"`dense_mass` must be True, False or None, got {dense_mass!r}."
+        )
+    if chain_method is None:
+        chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
+    if chain_method not in ("vectorized", "sequential"):
+        raise ValueError(
+            '`chain_method` must be "vectorized" or "sequential", got '
+            f"{chain_method!r}."
+        )
+    total = num_warmup + num_samples
+    if chunk_size is None:
+        chunk_size = max(1, math.ceil(total / TARGET_CHUNKS))
+    chunk_size = check_int("chunk_size", chunk_size, 1)
+    chunk_size = min(chunk_size, total)
+    if sample_theta and not callable(getattr(sampler.marginal, "sample_theta", None)):
+        raise ValueError(
+            "`sample_theta=True` needs a marginal with a latent to draw (a "
+            "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`, "
+            "which have a `sample_theta` method); the model's marginal is a "
+            f"{type(sampler.marginal).__name__}."
+        )
+    if laplace_check and not isinstance(sampler.marginal, CHECKABLE):
+        raise ValueError(
+            "`laplace_check=True` needs a `lapsample.LaplaceMarginal` or a "
+            "`lapsample.LatentGaussianMarginal` (a latent to check); the model's "
+            f"marginal is a {type(sampler.marginal).__name__}."
+        )
+    base_mass = inverse_mass_array(sampler)
+    if dense_mass is None:
+        dense_mass = base_mass is not None and np.ndim(base_mass) == 2
+    if adapt_mass_matrix and num_warmup >= MIN_WARMUP_FOR_MASS and base_mass is None:
+        raise ValueError(
+            "Warm-up adapts the mass matrix, which needs the sampler's "
+            "`inverse_mass_matrix` to be an array, a `DiagonalMetric` or a "
+            f"`DenseMetric`; got a {type(sampler.inverse_mass_matrix).__name__}. "
+            "Pass `adapt_mass_matrix=False` to adapt the step size only."
+        )
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        if os.path.exists(checkpoint):
+            if not checkpoint_file.is_checkpoint(checkpoint):
+                raise FileExistsError(
+                    f"{checkpoint} exists and is not a lapsample checkpoint; it will "
+                    "not be overwritten. Choose another `checkpoint` path."
+                )
+            if not overwrite:
+                raise FileExistsError(
+                    f"The checkpoint {checkpoint} exists. Continue it with "
+                    f"`lapsample.resume({checkpoint!r}, model)`, or pass "
+                    "`overwrite=True` to start afresh."
+                )
+        try:
+            structure = checkpoint_file.encode_structure(initial_position)
+        except TypeError as e:
+            raise TypeError(
+                "Checkpoints need `initial_position` made of arrays in dicts (with "
+                f"string keys), lists and tuples: {e}."
+            ) from None
+    else:
+        structure = None
+
+    positions = per_chain_positions(initial_position, num_chains, chain_axis)
+    first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+    if isinstance(sampler.marginal, LaplaceMarginal):
+        # Clear errors for a model that fails at the start, before any compilation.
+        sampler.marginal.check(first)
+
+    settings = settings_for(
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        target_accept=float(target_accept),
+        dense_mass=bool(dense_mass),
+        adapt_mass_matrix=adapt_mass_matrix,
+        chain_axis=chain_axis,
+        jitter=float(jitter),
+        sample_theta=sample_theta,
+        save_warmup=save_warmup,
+        chain_method=chain_method,
+        chunk_size=chunk_size,
+        model_is_marginal=not isinstance(model, Sampler),
+    )
+    key_impl = str(jr.key_impl(key))
+    jitter_key, chains_key = jr.split(key)
+    key_data = np.asarray(jr.key_data(jr.split(chains_key, num_chains)))
+    run = Run(sampler, settings, key_data, key_impl)
+
+    base = positions
+    positions = jitter_positions(base, float(jitter), jitter_key, range(num_chains), 0)
+    carry = None
+    for attempt in range(1, 101 if jitter > 0 else 2):
+        carry = run.setup(positions)
+        logdensity = np.asarray(to_host(carry.state.logdensity))
+        bad = np.flatnonzero(~np.isfinite(logdensity))
+        if bad.size == 0:
+            break
+        if jitter > 0 and attempt < 100:
+            # Redraw the starts of the failing chains only, from the given point.
+            redrawn = jitter_positions(
+                base, float(jitter), jitter_key, bad.tolist(), attempt
+            )
+            positions = jtu.tree_map(
+                lambda old, new: np.where(
+                    np.isin(np.arange(num_chains), bad).reshape(
+                        (-1,) + (1,) * (old.ndim - 1)
+                    ),
+                    new,
+                    old,
+                ),
+                positions,
+                redrawn,
+            )
+            continue
+        raise ValueError(
+            f"The log density is not finite at the starting point of chain(s) "
+            f"{bad.tolist()} (values {logdensity[bad].tolist()}): the inner solve may "
+            "have failed there, or the point is outside the support. Choose another "
+            "`initial_position`" + (" or a smaller `jitter`." if jitter > 0 else ".")
+        )
+
+    results = run_loop(
+        run,
+        carry,
+        positions,
+        start=0,
+        resumed=None,
+        progress_bar=progress_bar,
+        checkpoint=checkpoint,
+        structure=structure,
+        model=model,
+    )
+    results = with_postprocess(results, postprocess)
+    if laplace_check:
+        # A stream of its own, so the draws are the same with or without the check.
+        check = run_laplace_check(
+            results,
+            jr.fold_in(key, _LAPLACE_CHECK_STREAM),
+            num_phi=min(20, num_chains * num_samples),
+        )
+        results = eqx.tree_at(
+            lambda r: r.laplace_check, results, check, is_leaf=lambda x: x is None
+        )
+    return results
+
+
+def resume(
+    checkpoint: str | os.PathLike,
+    model: Sampler | AbstractMarginal | NumPyroModel,
+    *,
+    progress_bar: bool = True,
+) -> SampleResults:
+    """Continue a run of [`lapsample.sample`][] from its checkpoint file.
+
+    The model holds callables, which cannot be stored reliably, so pass the same
+    `model` again; the checkpoint keeps a fingerprint of its structure, array shapes,
+    dtypes and data, and a different model is refused. Everything else (key,
+    settings, chain and adaptation states, draws so far) comes from the file. The
+    run goes on writing checkpoints to the same file, and the draws are identical,
+    bit for bit, to those of an uninterrupted run. A finished checkpoint returns
+    its results at once.
+
+    **Arguments:**
+
+    - `checkpoint`: the checkpoint file written by `sample(..., checkpoint=...)`.
+    - `model`: the same `Sampler` or marginal that was passed to `sample`.
+    - `progress_bar`: as for [`lapsample.sample`][].
+
+    **Returns:**
+
+    A [`lapsample.SampleResults`][].
+
+    **Raises:**
+
+    `ValueError` if the file is truncated or not a lapsample checkpoint (it is left
+    untouched), or was written for a different model; `FileNotFoundError` if it
+    does not exist.
+    """
+    model, _, postprocess = unwrap_numpyro(model, None, need_position=False)
+    path = os.fspath(checkpoint)
+    header, arrays = checkpoint_file.read(path)
+    try:
+        settings = header["settings"]
+        step = int(header["step"])
+        fingerprint = header["fingerprint"]
+        structure = header["structure"]
+        key_impl = header["key_impl"]
+        counters = header["counters"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise checkpoint_file.CheckpointError(
+            f"{path} is not a usable lapsample checkpoint: its header lacks {e}. The "
+            "file was left unchanged."
+        ) from None
+    if checkpoint_file.model_fingerprint(model) != fingerprint:
+        raise checkpoint_file.CheckpointError(
+            f"The checkpoint {path} was written for a different model: the model "
+            "passed to `resume` differs in its structure, array shapes or dtypes, or "
+            "data. Pass the same model that was given to `sample`."
+        )
+    sampler = as_sampler(model)
+    run = Run(sampler, settings, arrays["key_data"], key_impl)
+
+    def entries(prefix):
+        names = sorted(
+            (n for n in arrays if n.startswith(prefix + "/")),
+            key=lambda n: int(n.split("/")[1]),
+        )
+        return [arrays[n] for n in names]
+
+    positions = checkpoint_file.decode_structure(structure, entries("positions"))
+    carry_template = run.setup_shape(positions)
+    carry_leaves = entries("carry")
+    template_leaves, carry_def = jtu.tree_flatten(carry_template)
+    check_leaves(path, "chain state", template_leaves, carry_leaves)
+    carry = jtu.tree_unflatten(carry_def, [jnp.asarray(x) for x in carry_leaves])
+    carry = place_on_mesh(carry, run.mesh, True)
+
+    template = run.records_shape(carry_template)
+    template_leaves, record_def = jtu.tree_flatten(template)
+    div_index = leaf_index(template_leaves, template.info.is_divergent)
+    draws = empty_like_records(template_leaves, settings["num_samples"])
+    saved = entries("draws")
+    check_leaves(path, "draws", draws, saved, axis=1)
+    filled = max(0, step - settings["num_warmup"])
+    for dst, src in zip(draws, saved):
+        dst[:, :filled] = src
+    warmup = None
+    if settings["save_warmup"]:
+        warmup = empty_like_records(template_leaves, settings["num_warmup"])
+        saved = entries("warmup")
+        check_leaves(path, "warm-up draws", warmup, saved, axis=1)
+        for dst, src in zip(warmup, saved):
+            dst[:, : src.shape[1]] = src
+    results = run_loop(
+        run,
+        carry,
+        positions,
+        start=step,
+        resumed=(draws, warmup, counters, record_def, div_index),
+        progress_bar=progress_bar,
+        checkpoint=path,
+        structure=structure,
+        model=model,
+    )
+    return with_postprocess(results, postprocess)

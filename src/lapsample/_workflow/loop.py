@@ -1,0 +1,351 @@
+"""The host loop of a run: advance chunk by chunk, record draws, report progress,
+write checkpoints, and assemble the results."""
+
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from .._misc import TreeRaveller
+from .._nuts import NoUTurn
+from .._output.sample_results import SampleResults
+from .._sampler import Sampler
+from . import checkpoint as checkpoint_file
+from .adaptation import initial_inverse_mass_matrix
+from .chains import advance_chains, advance_chains_impl, setup_chains, setup_chains_impl
+from .devices import choose_mesh, place_on_mesh, to_host
+from .progress import Progress, progress_wanted
+from .schedule import MIN_WARMUP_FOR_MASS, schedule_flags, StepFlags
+from .settings import inverse_mass_array
+
+
+# --------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------
+
+
+class Run:
+    """Everything about a run that is fixed when it starts (host side)."""
+
+    def __init__(
+        self, sampler: Sampler, settings: dict, key_data: np.ndarray, key_impl: str
+    ):
+        self.sampler = sampler
+        self.settings = settings
+        self.key_data = key_data
+        self.key_impl = key_impl
+        num_chains = settings["num_chains"]
+        self.mesh = choose_mesh(num_chains)
+        method = settings["chain_method"]
+        self.vectorized = method == "vectorized"
+        self.total = settings["num_warmup"] + settings["num_samples"]
+        self.flags = schedule_flags(settings["num_warmup"], settings["num_samples"])
+        self.chunk = settings["chunk_size"]
+        # What warm-up adapts.
+        num_warmup = settings["num_warmup"]
+        base_mass = inverse_mass_array(sampler)
+        self.adapt_mass = (
+            settings["adapt_mass_matrix"] and num_warmup >= MIN_WARMUP_FOR_MASS
+        )
+        self.search = num_warmup > 0 or settings["model_is_marginal"]
+        self.base_mass = base_mass
+
+    def initial_inverse_mass(self, size, dtype):
+        if not self.adapt_mass:
+            return None
+        base = 1.0 if self.base_mass is None else self.base_mass
+        return initial_inverse_mass_matrix(
+            base, size, self.settings["dense_mass"], dtype
+        )
+
+    def setup_kwargs(self):
+        return dict(
+            key_impl=self.key_impl,
+            search=self.search,
+            welford_dense=self.settings["dense_mass"] if self.adapt_mass else None,
+            mesh=self.mesh,
+            vectorized=self.vectorized,
+        )
+
+    def setup(self, positions):
+        first = jtu.tree_map(lambda x: x[0], positions)
+        raveller = TreeRaveller(first)
+        inverse_mass = self.initial_inverse_mass(raveller.size, raveller.dtype)
+        mesh = self.mesh
+        return setup_chains(
+            place_on_mesh(self.sampler, mesh, False),
+            place_on_mesh(self.key_data, mesh, True),
+            place_on_mesh(positions, mesh, True),
+            place_on_mesh(inverse_mass, mesh, False),
+            place_on_mesh(np.asarray(self.settings["target_accept"]), mesh, False),
+            **self.setup_kwargs(),
+        )
+
+    def setup_shape(self, positions):
+        first = jtu.tree_map(lambda x: x[0], positions)
+        raveller = TreeRaveller(first)
+        inverse_mass = self.initial_inverse_mass(raveller.size, raveller.dtype)
+        return eqx.filter_eval_shape(
+            setup_chains_impl,
+            self.sampler,
+            self.key_data,
+            positions,
+            inverse_mass,
+            np.asarray(self.settings["target_accept"]),
+            **self.setup_kwargs(),
+        )
+
+    def chunk_flags(self, step: int, n: int) -> StepFlags:
+        def take(name):
+            out = np.zeros(self.chunk, bool)
+            out[:n] = self.flags[name][step : step + n]
+            return out
+
+        return StepFlags(
+            is_warmup=take("is_warmup"),
+            in_window=take("in_window"),
+            window_end=take("window_end"),
+            is_last_warmup=take("is_last_warmup"),
+        )
+
+    def advance_kwargs(self):
+        return dict(
+            key_impl=self.key_impl,
+            sample_theta=self.settings["sample_theta"],
+            mesh=self.mesh,
+            vectorized=self.vectorized,
+        )
+
+    def records_shape(self, carry):
+        out = eqx.filter_eval_shape(
+            advance_chains_impl,
+            self.sampler,
+            self.key_data,
+            carry,
+            self.chunk_flags(0, 0),
+            np.int32(0),
+            np.int32(0),
+            **self.advance_kwargs(),
+        )
+        return out[1]
+
+
+def empty_like_records(leaves, length: int):
+    """Host arrays `(chains, length, ...)` like the `(chains, chunk, ...)` leaves of
+    the records."""
+
+    def empty(s):
+        shape = (s.shape[0], length, *s.shape[2:])
+        if np.issubdtype(s.dtype, np.inexact):
+            return np.full(shape, np.nan, s.dtype)
+        return np.zeros(shape, s.dtype)
+
+    return [empty(s) for s in leaves]
+
+
+def run_loop(
+    run: Run,
+    carry,
+    positions,
+    *,
+    start,
+    resumed,
+    progress_bar,
+    checkpoint,
+    structure,
+    model,
+):
+    s = run.settings
+    num_warmup, num_samples = s["num_warmup"], s["num_samples"]
+    if resumed is None:
+        # Allocated from the first chunk's records.
+        draws = warmup = record_def = div_index = None
+        warmup_divergences = np.zeros(s["num_chains"], np.int64)
+    else:
+        draws, warmup, counters, record_def, div_index = resumed
+        warmup_divergences = np.asarray(counters["warmup_divergences"], np.int64)
+
+    mesh = run.mesh
+    sampler = place_on_mesh(run.sampler, mesh, False)
+    key_data = place_on_mesh(run.key_data, mesh, True)
+    step = start
+    progress = Progress(progress_wanted(progress_bar), run.total, step, num_warmup)
+    fingerprint = (
+        checkpoint_file.model_fingerprint(model) if checkpoint is not None else None
+    )
+    try:
+        while step < run.total:
+            n = min(run.chunk, run.total - step)
+            flags = place_on_mesh(run.chunk_flags(step, n), mesh, False)
+            carry, records = advance_chains(
+                sampler,
+                key_data,
+                carry,
+                flags,
+                place_on_mesh(np.int32(step), mesh, False),
+                place_on_mesh(np.int32(n), mesh, False),
+                **run.advance_kwargs(),
+            )
+            host_records = to_host(records)
+            host, record_def = jtu.tree_flatten(host_records)
+            if draws is None:
+                draws = empty_like_records(host, num_samples)
+                if s["save_warmup"]:
+                    warmup = empty_like_records(host, num_warmup)
+                div_index = leaf_index(host, host_records.info.is_divergent)
+            # Iterations step .. step + n - 1: warm-up first, then draws.
+            n_warm = max(0, min(num_warmup - step, n))
+            if n_warm > 0:
+                warmup_divergences += host[div_index][:, :n_warm].sum(axis=1)
+                if warmup is not None:
+                    for dst, src in zip(warmup, host):
+                        dst[:, step : step + n_warm] = src[:, :n_warm]
+            if n > n_warm:
+                lo = step + n_warm - num_warmup
+                for dst, src in zip(draws, host):
+                    dst[:, lo : lo + n - n_warm] = src[:, n_warm:n]
+            step += n
+            filled = max(0, step - num_warmup)
+            progress.update(
+                step - n,
+                n,
+                int(warmup_divergences.sum()),
+                int(draws[div_index][:, :filled].sum()),
+                to_host(carry.adaptation.step_size),
+            )
+            if checkpoint is not None:
+                # Every process takes part in gathering the state; one writes it.
+                host_carry = to_host(carry)
+            if checkpoint is not None and jax.process_index() == 0:
+                _write_checkpoint(
+                    checkpoint,
+                    run,
+                    host_carry,
+                    positions,
+                    structure,
+                    fingerprint,
+                    step,
+                    draws,
+                    warmup,
+                    dict(warmup_divergences=warmup_divergences.tolist()),
+                )
+    finally:
+        progress.close()
+
+    return _results(run, carry, record_def, draws, warmup, warmup_divergences)
+
+
+def leaf_index(leaves, target) -> int:
+    for i, leaf in enumerate(leaves):
+        if leaf is target:
+            return i
+    raise AssertionError("record leaf not found")  # pragma: no cover
+
+
+def _stats(record, sampler: Sampler) -> dict[str, np.ndarray]:
+    info = record.info
+    trajectory = sampler.trajectory
+    depth = np.asarray(info.tree_depth)
+    if isinstance(trajectory, NoUTurn):
+        reached = depth >= trajectory.max_tree_depth
+    else:
+        reached = np.zeros(depth.shape, bool)
+    return dict(
+        lp=np.asarray(record.logdensity),
+        acceptance_rate=np.asarray(info.acceptance_rate),
+        diverging=np.asarray(info.is_divergent, bool),
+        energy=np.asarray(info.energy),
+        step_size=np.asarray(record.step_size),
+        n_steps=np.asarray(info.num_integration_steps),
+        tree_depth=depth,
+        reached_max_treedepth=reached,
+        inner_steps=np.asarray(info.inner_steps_max),
+        inner_failed=np.asarray(info.inner_failures),
+    )
+
+
+def _results(
+    run, carry, record_def, draws, warmup, warmup_divergences
+) -> SampleResults:
+    s = run.settings
+    records = jtu.tree_unflatten(record_def, draws)
+    host_carry = to_host(carry)
+    adaptation = host_carry.adaptation
+    inverse_mass = adaptation.inverse_mass_matrix
+    if inverse_mass is None and run.base_mass is not None:
+        first = jtu.tree_map(lambda x: x[0, 0], records.position)
+        size = TreeRaveller(first).size
+        base = np.asarray(run.base_mass)
+        if base.ndim == 0:
+            base = np.full((size,), base)
+        inverse_mass = np.broadcast_to(base, (s["num_chains"], *base.shape)).copy()
+    if warmup is not None:
+        warm = jtu.tree_unflatten(record_def, warmup)
+        warmup_phi = warm.position
+        warmup_stats = _stats(warm, run.sampler)
+    else:
+        warmup_phi = warmup_stats = None
+    return SampleResults(
+        phi=records.position,
+        theta_star=records.theta_star,
+        theta=records.theta if s["sample_theta"] else None,
+        sample_stats=_stats(records, run.sampler),
+        warmup_phi=warmup_phi,
+        warmup_sample_stats=warmup_stats,
+        step_size=np.asarray(adaptation.step_size),
+        inverse_mass_matrix=None if inverse_mass is None else np.asarray(inverse_mass),
+        final_state=host_carry.state,
+        num_warmup=s["num_warmup"],
+        num_warmup_divergences=np.asarray(warmup_divergences),
+        sampler=run.sampler,
+    )
+
+
+# --------------------------------------------------------------------------------
+# Checkpoints.
+# --------------------------------------------------------------------------------
+
+
+def _write_checkpoint(
+    path, run, carry, positions, structure, fingerprint, step, draws, warmup, counters
+):
+    s = run.settings
+    num_warmup = s["num_warmup"]
+    filled = max(0, step - num_warmup)
+    arrays = {"key_data": run.key_data}
+    for i, leaf in enumerate(jtu.tree_leaves(carry)):
+        arrays[f"carry/{i}"] = np.asarray(leaf)
+    for i, leaf in enumerate(jtu.tree_leaves(positions)):
+        arrays[f"positions/{i}"] = np.asarray(leaf)
+    for i, leaf in enumerate(draws):
+        arrays[f"draws/{i}"] = leaf[:, :filled]
+    if warmup is not None:
+        for i, leaf in enumerate(warmup):
+            arrays[f"warmup/{i}"] = leaf[:, : min(step, num_warmup)]
+    header = dict(
+        settings=s,
+        key_impl=run.key_impl,
+        structure=structure,
+        fingerprint=fingerprint,
+        step=step,
+        counters=counters,
+        complete=step >= run.total,
+    )
+    checkpoint_file.write(path, header, arrays)
+
+
+def check_leaves(path, what, expected, got, axis=None):
+    def same(e, g):
+        e_shape = tuple(e.shape)
+        g_shape = tuple(g.shape)
+        if axis is not None:
+            e_shape = e_shape[:axis] + e_shape[axis + 1 :]
+            g_shape = g_shape[:axis] + g_shape[axis + 1 :]
+        return e_shape == g_shape and np.dtype(e.dtype) == np.dtype(g.dtype)
+
+    if len(expected) != len(got) or not all(same(e, g) for e, g in zip(expected, got)):
+        raise checkpoint_file.CheckpointError(
+            f"The {what} in {path} do not match the model and settings (different "
+            "shapes or dtypes); it was written for a different model or by another "
+            "version of lapsample."
+        )

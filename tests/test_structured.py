@@ -13,6 +13,7 @@ import pytest
 
 import lapsample
 from lapsample._factor import factor_result
+from lapsample._hessian.base import factorise_and_solve
 from lapsample._linalg.banded import band_selected_inverse
 from lapsample._marginal.laplace import _NegativeLogJoint
 from lapsample._misc import TreeRaveller
@@ -352,7 +353,7 @@ def test_factorise_and_solve_equals_factorise_then_solve(bandwidth, sign):
 
     @eqx.filter_jit
     def both(s):
-        fused = s.factorise_and_solve(fn, theta, phi, v)
+        fused = factorise_and_solve(s, fn, theta, phi, v)
         factor = s.factorise(fn, theta, phi)
         return fused, (factor, s.solve(factor, v))
 
@@ -377,7 +378,7 @@ def test_associative_recurrences_equal_sequential(sign):
     @eqx.filter_jit
     def everything(strategy):
         factor = strategy.factorise(fn, theta, phi)
-        fused = strategy.factorise_and_solve(fn, theta, phi, v)
+        fused = factorise_and_solve(strategy, fn, theta, phi, v)
         return (
             factor,
             fused,

@@ -10,7 +10,11 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from ._custom_types import FlatFn
 from ._factor import AbstractFactor, factor_result
-from ._hessian.base import AbstractHessianStrategy
+from ._hessian.base import (
+    AbstractHessianStrategy,
+    AbstractStructuredHessian,
+    factorise_and_solve,
+)
 from ._misc import default_tolerance, max_abs, tree_where
 from ._results import RESULTS
 
@@ -122,7 +126,8 @@ class Newton(AbstractInnerSolver):
         value_and_grad = jax.value_and_grad(fn)
         # Structure checks (an extra Hessian-vector product each) are made once,
         # on the returned factor, not at every iterate.
-        iterating = hessian.without_checks()
+        structured = isinstance(hessian, AbstractStructuredHessian)
+        iterating = hessian.without_checks() if structured else hessian
 
         def acceptable(value, decrement):
             return 0.5 * decrement <= atol + rtol * jnp.abs(value)
@@ -132,7 +137,7 @@ class Newton(AbstractInnerSolver):
 
         def evaluate(theta):
             value, grad = value_and_grad(theta, phi)
-            factor, step = iterating.factorise_and_solve(fn, theta, phi, grad)
+            factor, step = factorise_and_solve(iterating, fn, theta, phi, grad)
             direction = -step
             decrement = -jnp.dot(grad, direction)
             # A non-finite gradient makes the direction and the decrement
@@ -214,7 +219,9 @@ class Newton(AbstractInnerSolver):
         result = RESULTS.where(
             converged, RESULTS.successful, RESULTS.inner_solve_failed
         )
-        factor = hessian.check_factor(c.factor, fn, c.theta, phi)
+        factor = c.factor
+        if structured:
+            factor = hessian.check_factor(factor, fn, c.theta, phi)
         result = factor_result(factor, result)
         return InnerSolution(
             theta=c.theta, result=result, num_steps=c.num_steps, factor=factor

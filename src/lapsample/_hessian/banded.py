@@ -22,7 +22,13 @@ from .._linalg.banded import (
 )
 from .._linalg.small_blocks import mT, mv
 from .._validate import check_int
-from .base import AbstractStructuredHessian, hvp, probe_vector, structure_agrees
+from .base import (
+    AbstractStructuredHessian,
+    factorise_and_solve,
+    hvp,
+    probe_vector,
+    structure_agrees,
+)
 
 
 def _colour_sum(rows: Array, columns: Array) -> Array:
@@ -141,19 +147,7 @@ class BandedHessian(AbstractStructuredHessian):
             diag, sub, theta.shape[0], structure_ok, associative=associative
         )[0]
 
-    def factorise_and_solve(self, fn, theta, phi, vector):
-        diag, sub, structure_ok = self._assemble(fn, theta, phi)
-        factor, _, solution = banded_factorise(
-            diag,
-            sub,
-            theta.shape[0],
-            structure_ok,
-            rhs=vector,
-            associative=use_associative(self.recurrences),
-        )
-        return factor, solution
-
-    def _factor_product(self, factor, z):
+    def factor_product(self, factor, z):
         d = z.shape[0]
 
         def product(lower, sub, x):
@@ -208,3 +202,18 @@ BandedHessian.__init__.__doc__ = """**Arguments:**
     sequentially. On one H100, SV value+grad at T = 1000: 113 ms sequential,
     0.97 ms associative (`benchmarks/README.md`).
 """
+
+
+@factorise_and_solve.register(BandedHessian)
+def _(strategy: BandedHessian, fn, theta, phi, vector):
+    # The forward substitution of the solve runs inside the factorisation's loop.
+    diag, sub, structure_ok = strategy._assemble(fn, theta, phi)
+    factor, _, solution = banded_factorise(
+        diag,
+        sub,
+        theta.shape[0],
+        structure_ok,
+        rhs=vector,
+        associative=use_associative(strategy.recurrences),
+    )
+    return factor, solution

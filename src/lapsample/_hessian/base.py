@@ -2,6 +2,7 @@
 Hessian-vector products every strategy builds on."""
 
 import abc
+import functools as ft
 
 import equinox as eqx
 import jax
@@ -86,19 +87,6 @@ class AbstractHessianStrategy(eqx.Module):
         positive definite or not finite.
         """
 
-    def factorise_and_solve(
-        self,
-        fn: FlatFn,
-        theta: Float[Array, " d"],
-        phi: PyTree[Array],
-        vector: Float[Array, " d"],
-    ) -> tuple[AbstractFactor, Array]:
-        """`(factorise(fn, theta, phi), A⁻¹ vector)`: what a Newton step needs. By
-        default the two calls; a strategy may fuse them (the tridiagonal one runs
-        the forward substitution inside its factorisation loop)."""
-        factor = self.factorise(fn, theta, phi)
-        return factor, self.solve(factor, vector)
-
     @abc.abstractmethod
     def logdet(self, factor: AbstractFactor) -> Scalar:
         """`log det A` from the factor."""
@@ -125,16 +113,40 @@ class AbstractHessianStrategy(eqx.Module):
         equals the gradient of `log det ∇²_θ fn`.
         """
 
-    def without_checks(self) -> "AbstractHessianStrategy":
-        """This strategy with its per-factorisation structure check turned off.
 
-        An iterative inner solver factorises with it at every iterate and checks
-        only the factor it returns, with `check_factor`: a wrong structure can only
-        misdirect intermediate steps, and the final check still turns it into
-        `RESULTS.structure_violated`. Strategies that assume no structure return
-        themselves.
-        """
-        return self
+class AbstractStructuredHessian(AbstractHessianStrategy):
+    """A strategy that assumes structure in the Hessian (diagonal, banded, blocks)
+    and checks it.
+
+    Its factors are `AbstractStructuredFactor`s, and `verify` says whether each
+    factorisation checks the structure with one extra Hessian-vector product. A
+    subclass implements `factor_product` (the product with the matrix assembled
+    under the assumed structure) and gets three things:
+
+    - `without_checks()`: the strategy with its per-factorisation check off. An
+      iterative inner solver factorises with it at every iterate and checks only
+      the factor it returns: a wrong structure can only misdirect intermediate
+      steps, and the final check still turns it into
+      `RESULTS.structure_violated`;
+    - `check_factor(factor, fn, theta, phi)`: that final check;
+    - `check_structure(fn, theta, phi)`: the same check before compilation, which
+      [`lapsample.LaplaceMarginal.check`][] calls and which raises a `ValueError`
+      naming the fix.
+    """
+
+    verify: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def factor_product(
+        self, factor: AbstractFactor, z: Float[Array, " d"]
+    ) -> tuple[Array, Array]:
+        """`(A z, |L||Lᵀ||z|)` from the factor `A = L Lᵀ`: the product with the
+        matrix assembled under the assumed structure, and a bound on `|A||z|` that
+        scales the comparison."""
+
+    def without_checks(self) -> "AbstractStructuredHessian":
+        """This strategy with its per-factorisation structure check turned off."""
+        return eqx.tree_at(lambda s: s.verify, self, False) if self.verify else self
 
     def check_factor(
         self,
@@ -144,26 +156,29 @@ class AbstractHessianStrategy(eqx.Module):
         phi: PyTree[Array],
     ) -> AbstractFactor:
         """`factor`, made at `(theta, phi)` by `self.without_checks()`, with the
-        structure check that `self.factorise` would have made applied to it.
-        Strategies that assume no structure return it unchanged."""
-        del fn, theta, phi
-        return factor
+        structure check that `self.factorise` would have made applied to it."""
+        if not self.verify:
+            return factor
+        z = probe_vector(theta)
+        az, scale = self.factor_product(factor, z)
+        agrees = structure_agrees(hvp(fn, theta, phi, z), az, scale)
+        # A factor that is not positive definite has been replaced by identities,
+        # so its product says nothing about the structure; its own code explains
+        # the failure.
+        structure_ok = agrees | ~factor.positive_definite
+        return eqx.tree_at(
+            lambda f: (f.structure_ok, f.positive_definite),
+            factor,
+            (structure_ok, factor.positive_definite & structure_ok),
+        )
 
     def check_structure(
         self, fn: FlatFn, theta: Float[Array, " d"], phi: PyTree[Array]
     ) -> None:
         """Check, before compilation, that the Hessian at `(theta, phi)` has the
-        structure this strategy assumes; [`lapsample.LaplaceMarginal.check`][] calls
-        it.
-
-        Strategies that assume nothing (dense, matrix-free) pass. Structured ones
-        ([`lapsample.DiagonalHessian`][], [`lapsample.BandedHessian`][],
-        [`lapsample.BlockDiagonalHessian`][]) factorise once, with their structure
-        check on, and raise a `ValueError` that names the fix when one extra
-        Hessian-vector product disagrees with the assumed structure.
-        """
-        if not isinstance(self, AbstractStructuredHessian):
-            return None
+        structure this strategy assumes: factorise once with the check on and raise
+        a `ValueError` that names the fix when one extra Hessian-vector product
+        disagrees with the assumed structure."""
         strategy = eqx.tree_at(lambda s: s.verify, self, True)
         factor = eqx.filter_jit(strategy.factorise)(fn, theta, phi)
         if not bool(factor.structure_ok):
@@ -175,39 +190,21 @@ class AbstractHessianStrategy(eqx.Module):
                 "each other; each group's latents consecutive), or use "
                 "`DenseHessian()`."
             )
-        return None
 
 
-class AbstractStructuredHessian(AbstractHessianStrategy):
-    """A strategy that assumes structure in the Hessian and checks it.
+@ft.singledispatch
+def factorise_and_solve(
+    strategy: AbstractHessianStrategy,
+    fn: FlatFn,
+    theta: Float[Array, " d"],
+    phi: PyTree[Array],
+    vector: Float[Array, " d"],
+) -> tuple[AbstractFactor, Array]:
+    """`(strategy.factorise(fn, theta, phi), A⁻¹ vector)`: what a Newton step needs.
 
-    Its factors are `AbstractStructuredFactor`s, and `verify` says whether each
-    factorisation checks the structure with one extra Hessian-vector product.
+    By default the two calls. A strategy that can fuse them registers its own
+    implementation (as Lineax's `materialise` is registered per operator): the
+    banded one runs the forward substitution inside its factorisation loop.
     """
-
-    verify: eqx.AbstractVar[bool]
-
-    @abc.abstractmethod
-    def _factor_product(self, factor, z) -> tuple[Array, Array]:
-        """`(A z, |L||Lᵀ||z|)` from the factor `A = L Lᵀ`: the product with the
-        matrix assembled under the assumed structure, and a bound on `|A||z|` that
-        scales the comparison."""
-
-    def without_checks(self):
-        return eqx.tree_at(lambda s: s.verify, self, False) if self.verify else self
-
-    def check_factor(self, factor, fn, theta, phi):
-        if not self.verify:
-            return factor
-        z = probe_vector(theta)
-        az, scale = self._factor_product(factor, z)
-        agrees = structure_agrees(hvp(fn, theta, phi, z), az, scale)
-        # A factor that is not positive definite has been replaced by identities,
-        # so its product says nothing about the structure; its own code explains
-        # the failure.
-        structure_ok = agrees | ~factor.positive_definite
-        return eqx.tree_at(
-            lambda f: (f.structure_ok, f.positive_definite),
-            factor,
-            (structure_ok, factor.positive_definite & structure_ok),
-        )
+    factor = strategy.factorise(fn, theta, phi)
+    return factor, strategy.solve(factor, vector)

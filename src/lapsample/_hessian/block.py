@@ -107,7 +107,7 @@ class BlockDiagonalHessian(AbstractStructuredHessian):
             structure_ok=structure_ok,
         )
 
-    def _factor_product(self, factor, z):
+    def factor_product(self, factor, z):
         lower = factor.lower
         zb = z.reshape(lower.shape[:2])
         az = mv(lower, mv(mT(lower), zb)).ravel()

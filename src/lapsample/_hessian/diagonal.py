@@ -60,7 +60,7 @@ class DiagonalHessian(AbstractStructuredHessian):
             structure_ok=structure_ok,
         )
 
-    def _factor_product(self, factor, z):
+    def factor_product(self, factor, z):
         product = factor.diagonal * z
         return product, jnp.abs(product)
 

@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree
 
-from .._hessian.base import AbstractHessianStrategy
+from .._hessian.base import AbstractHessianStrategy, AbstractStructuredHessian
 from .._hessian.dense import DenseHessian
 from .._inner import AbstractInnerSolver, Newton
 from .._misc import TreeRaveller
@@ -173,12 +173,12 @@ class LaplaceMarginal(AbstractMarginal):
                     f"not: {report}. Check the model for operations with infinite "
                     "slope there (sqrt(0), log near 0, abs)."
                 )
-        theta_flat = self.raveller.ravel(self.theta_init)
-        self.hessian.check_structure(
-            _NegativeLogJoint(self.log_joint, self.raveller),
-            theta_flat,
-            jtu.tree_map(jnp.asarray, phi),
-        )
+        if isinstance(self.hessian, AbstractStructuredHessian):
+            self.hessian.check_structure(
+                _NegativeLogJoint(self.log_joint, self.raveller),
+                self.raveller.ravel(self.theta_init),
+                jtu.tree_map(jnp.asarray, phi),
+            )
 
     @property
     def raveller(self) -> TreeRaveller:

@@ -2,11 +2,14 @@
 transition starts from."""
 
 import equinox as eqx
-from jaxtyping import Array, Float, Int
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from ._integrator import AbstractIntegrator
+from ._marginal.base import MarginalAux
 from ._metric import AbstractMetric
 from ._phase_space import FlatLogDensity, PhasePoint
+from ._results import RESULTS
 
 
 class Hamiltonian(eqx.Module):
@@ -31,3 +34,27 @@ class Hamiltonian(eqx.Module):
     ) -> tuple[PhasePoint, Int[Array, ""]]:
         step_size = direction.astype(point.position.dtype) * self.step_size
         return self.integrator.step(self.logdensity, self.metric, point, step_size)
+
+
+def initial_point(
+    position: Float[Array, " n"],
+    momentum: Float[Array, " n"],
+    logdensity: ArrayLike,
+    logdensity_grad: Float[Array, " n"],
+    theta_star: PyTree[Array],
+) -> PhasePoint:
+    """The phase point a transition (or the step-size search) starts from: a chain's
+    flat position, its cached log density and gradient, a fresh `momentum`, and the
+    chain's latent mode as the aux (a successful solve), which warm-starts the
+    first inner solve of the trajectory."""
+    return PhasePoint(
+        position=position,
+        momentum=momentum,
+        logdensity=jnp.asarray(logdensity, position.dtype),
+        logdensity_grad=logdensity_grad,
+        aux=MarginalAux(
+            theta_star=theta_star,
+            result=RESULTS.successful,
+            num_steps=jnp.zeros((), jnp.int32),
+        ),
+    )

@@ -7,12 +7,12 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ._hamiltonian import Hamiltonian
+from ._hamiltonian import Hamiltonian, initial_point
 from ._integrator import AbstractIntegrator, Leapfrog
-from ._marginal.base import AbstractMarginal, MarginalAux
+from ._marginal.base import AbstractMarginal
 from ._metric import AbstractMetric, metric_from_inverse_mass_matrix
 from ._misc import concrete_value, TreeRaveller
-from ._phase_space import FlatLogDensity, PhasePoint
+from ._phase_space import FlatLogDensity
 from ._proposal import AbstractProposal
 from ._results import RESULTS
 from ._trajectory import AbstractTrajectory
@@ -242,16 +242,12 @@ def _step(sampler: Sampler, key, state):
     metric = sampler.metric
     flat = raveller.ravel(state.position)
     key_momentum, key_trajectory = jr.split(key)
-    initial = PhasePoint(
-        position=flat,
-        momentum=metric.sample_momentum(key_momentum, flat),
-        logdensity=jnp.asarray(state.logdensity, flat.dtype),
-        logdensity_grad=raveller.ravel(state.logdensity_grad),
-        aux=MarginalAux(
-            theta_star=state.theta_star,
-            result=RESULTS.successful,
-            num_steps=jnp.zeros((), jnp.int32),
-        ),
+    initial = initial_point(
+        flat,
+        metric.sample_momentum(key_momentum, flat),
+        state.logdensity,
+        raveller.ravel(state.logdensity_grad),
+        state.theta_star,
     )
     hamiltonian = Hamiltonian(
         logdensity,

@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._marginal.base import MarginalAux
+from .._hamiltonian import Hamiltonian, initial_point
 from .._misc import TreeRaveller
-from .._phase_space import FlatLogDensity, PhasePoint
-from .._results import RESULTS
+from .._phase_space import FlatLogDensity
 from .schedule import StepFlags
 
 
@@ -220,32 +219,25 @@ def find_reasonable_step_size(
     """
     raveller = TreeRaveller(state.position)
     logdensity = FlatLogDensity(sampler.marginal, raveller)
-    metric = sampler.metric
-    integrator = sampler.integrator
     flat = raveller.ravel(state.position)
     dtype = flat.dtype
     step_size = jnp.asarray(step_size)
-    aux = MarginalAux(
-        theta_star=state.theta_star,
-        result=RESULTS.successful,
-        num_steps=jnp.zeros((), jnp.int32),
-    )
+    logdensity_grad = raveller.ravel(state.logdensity_grad)
+    forward = jnp.ones((), jnp.int32)
     threshold = math.log(0.8)
 
     def energy_change(eps, k):
-        momentum = metric.sample_momentum(k, flat)
-        point = PhasePoint(
-            position=flat,
-            momentum=momentum,
-            logdensity=jnp.asarray(state.logdensity, dtype),
-            logdensity_grad=raveller.ravel(state.logdensity_grad),
-            aux=aux,
+        momentum = sampler.metric.sample_momentum(k, flat)
+        point = initial_point(
+            flat, momentum, state.logdensity, logdensity_grad, state.theta_star
         )
-        h0 = -point.logdensity + metric.kinetic_energy(momentum)
-        new, failures = integrator.step(logdensity, metric, point, eps.astype(dtype))
-        h = -new.logdensity + metric.kinetic_energy(new.momentum)
+        hamiltonian = Hamiltonian(
+            logdensity, sampler.metric, sampler.integrator, eps.astype(dtype)
+        )
+        new, failures = hamiltonian.step(point, forward)
+        h = hamiltonian.energy(new)
         ok = jnp.isfinite(h) & (failures == 0)
-        return jnp.where(ok, h0 - h, -jnp.inf)
+        return jnp.where(ok, hamiltonian.energy(point) - h, -jnp.inf)
 
     # One call site of the integrator (each one is a copy of the marginal's
     # compiled code): the first trip only decides the direction of the search.

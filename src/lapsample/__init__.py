@@ -49,7 +49,9 @@ from ._integrator import (
 from ._laplace_check import laplace_check as laplace_check
 from ._linalg.banded import BandedFactor as BandedFactor
 from ._marginal.base import (
+    AbstractLaplaceMarginal as AbstractLaplaceMarginal,
     AbstractMarginal as AbstractMarginal,
+    LaplaceConditional as LaplaceConditional,
     MarginalAux as MarginalAux,
     PlainDensity as PlainDensity,
 )

@@ -2,8 +2,7 @@
 the Laplace approximation of `p(theta | phi, y)` can be trusted there."""
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -11,15 +10,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import PRNGKeyArray, PyTree
 
-from ._factor import AbstractFactor
-from ._hessian.base import AbstractHessianStrategy, hvp
-from ._hessian.dense import CholeskyFactor, LineaxFactor
-from ._hessian.diagonal import DiagonalFactor
-from ._marginal.base import AbstractMarginal
-from ._marginal.laplace import LaplaceMarginal
-from ._marginal.latent_gaussian import LatentGaussianMarginal
+from ._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
 from ._misc import import_arviz
 from ._output.check_results import LaplaceCheckResults
 from ._output.sample_results import SampleResults
@@ -39,68 +32,10 @@ _ROUNDING_ULPS = 1e4
 # --------------------------------------------------------------------------------
 
 
-# The marginals with a latent to check: each gives a `_Proposal` at one `phi`.
-CHECKABLE = (LaplaceMarginal, LatentGaussianMarginal)
-
-
-def _quadratic_form(
-    strategy: AbstractHessianStrategy, factor: AbstractFactor, fn, theta, phi, u
-):
-    """`uᵀ A u` for the matrix `A` that `strategy` factorised, from the factor where
-    its layout is known (so that it matches the draws exactly, jitter included), else
-    by a Hessian-vector product of `fn` at the mode."""
-    del strategy
-    if isinstance(factor, LineaxFactor):
-        factor = factor.state
-    if isinstance(factor, CholeskyFactor):
-        v = factor.lower.T @ u
-        return jnp.dot(v, v)
-    if isinstance(factor, DiagonalFactor):
-        return jnp.dot(factor.diagonal * u, u)
-    return jnp.dot(u, hvp(fn, theta, phi, u))
-
-
-class _Proposal(NamedTuple):
-    """The Laplace conditional at one `phi`, as the check uses it (each marginal
-    with a latent builds one)."""
-
-    value: Array  # the Laplace log marginal at phi
-    result: Any  # RESULTS of the solve and factorisation
-    theta_star: Array  # the mode, flat
-    log_joint: Callable  # flat theta -> log p(theta, phi, y) (up to a constant)
-    draw: Callable  # key -> u ~ N(0, A⁻¹), A the negative Hessian at the mode
-    quadratic_form: Callable  # u -> uᵀ A u, consistent with `draw`
-
-
-def _laplace_marginal_proposal(marginal: LaplaceMarginal, phi, guess) -> _Proposal:
-    value, aux = marginal(phi, guess)
-    theta = marginal.raveller.ravel(aux.theta_star)
-    fn = marginal._negative_log_joint(theta, phi)
-    strategy = marginal.hessian
-    factor = strategy.factorise(fn, theta, phi)
-    result = RESULTS.where(
-        factor.positive_definite, aux.result, RESULTS.hessian_not_positive_definite
-    )
-    return _Proposal(
-        value,
-        result,
-        theta,
-        lambda t: -fn(t, phi),
-        lambda k: strategy.sample(factor, k),
-        lambda u: _quadratic_form(strategy, factor, fn, theta, phi, u),
-    )
-
-
-def _proposal(marginal, phi, guess) -> _Proposal:
-    if isinstance(marginal, LaplaceMarginal):
-        return _laplace_marginal_proposal(marginal, phi, guess)
-    return _Proposal(*marginal._laplace_proposal(phi, guess))
-
-
 def _log_weights_one(marginal, num_draws: int, df, phi, guess, key):
     """Log-weights relative to the Laplace value at one `phi`:
     `log p(theta, phi, y) - log q(theta | phi) - laplace(phi)`."""
-    proposal = _proposal(marginal, phi, guess)
+    proposal = marginal.laplace_conditional(phi, guess)
     theta = proposal.theta_star
     d = theta.shape[0]
     draw_key, scale_key = jr.split(key)
@@ -289,10 +224,11 @@ def laplace_check(
             "`lapsample.LaplaceMarginal`/`LatentGaussianMarginal` (with `phi=`), got "
             f"{type(results_or_marginal).__name__}."
         )
-    if not isinstance(marginal, CHECKABLE):
+    if not isinstance(marginal, AbstractLaplaceMarginal):
         raise ValueError(
-            "`laplace_check` needs a `lapsample.LaplaceMarginal` or a "
-            "`lapsample.LatentGaussianMarginal`: there is no latent to check in a "
+            "`laplace_check` needs a marginal with a latent, an "
+            "`lapsample.AbstractLaplaceMarginal` such as `lapsample.LaplaceMarginal` "
+            "or `lapsample.LatentGaussianMarginal`: there is no latent to check in a "
             f"{type(marginal).__name__}."
         )
     key = check_key(key)
@@ -326,10 +262,7 @@ def laplace_check(
         phi,
     )
     first = jtu.tree_map(lambda x: jnp.asarray(x[0]), phi)
-    if isinstance(marginal, LaplaceMarginal):
-        marginal.check(first)
-    else:
-        jax.eval_shape(marginal, first)  # shape errors, before compiling
+    marginal.check(first)  # clear errors, before compiling
     if guesses is None:
         guesses = jtu.tree_map(
             lambda x: np.broadcast_to(np.asarray(x), (count, *np.shape(x))),

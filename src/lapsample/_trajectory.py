@@ -151,7 +151,13 @@ class AbstractDynamicTrajectory(AbstractTrajectory):
     criterion). Its proposal must sample from the whole trajectory, i.e. be an
     [`lapsample.AbstractWeightedProposal`][]: moving to the endpoint of such a
     trajectory with a Metropolis–Hastings test is not reversible.
+
+    `max_tree_depth` bounds the number of doublings of a transition (at most
+    `2^max_tree_depth - 1` integrator steps); the driver reports how often a run
+    reaches it.
     """
+
+    max_tree_depth: eqx.AbstractVar[int]
 
     def check_proposal(self, proposal):
         if not isinstance(proposal, AbstractWeightedProposal):

@@ -208,3 +208,21 @@ def factorise_and_solve(
     """
     factor = strategy.factorise(fn, theta, phi)
     return factor, strategy.solve(factor, vector)
+
+
+@ft.singledispatch
+def quadratic_form(
+    factor: AbstractFactor,
+    fn: FlatFn,
+    theta: Float[Array, " d"],
+    phi: PyTree[Array],
+    u: Float[Array, " d"],
+) -> Scalar:
+    """`uᵀ A u` for the matrix `A` that `factor` factorises (at `(theta, phi)`).
+
+    Factor types whose layout is known register an implementation that reads the
+    factor, so that it matches the strategy's draws exactly (jitter included); for
+    any other factor it is a Hessian-vector product of `fn` at the mode.
+    """
+    del factor
+    return jnp.dot(u, hvp(fn, theta, phi, u))

@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
 
 from .._custom_types import FlatFn
 from .._factor import AbstractFactor
-from .base import AbstractHessianStrategy, hvp, second_directional
+from .base import AbstractHessianStrategy, hvp, quadratic_form, second_directional
 
 
 # --------------------------------------------------------------------------------
@@ -204,3 +204,15 @@ LineaxHessian.__init__.__doc__ = """**Arguments:**
 
 Nothing.
 """
+
+
+@quadratic_form.register(CholeskyFactor)
+def _(factor: CholeskyFactor, fn, theta, phi, u):
+    del fn, theta, phi
+    v = factor.lower.T @ u
+    return jnp.dot(v, v)
+
+
+@quadratic_form.register(LineaxFactor)
+def _(factor: LineaxFactor, fn, theta, phi, u):
+    return quadratic_form(factor.state, fn, theta, phi, u)

@@ -8,7 +8,13 @@ import jax.random as jr
 from jaxtyping import Array, Bool, Float
 
 from .._factor import AbstractStructuredFactor
-from .base import AbstractStructuredHessian, hvp, probe_vector, structure_agrees
+from .base import (
+    AbstractStructuredHessian,
+    hvp,
+    probe_vector,
+    quadratic_form,
+    structure_agrees,
+)
 
 
 # --------------------------------------------------------------------------------
@@ -87,3 +93,9 @@ DiagonalHessian.__init__.__doc__ = """**Arguments:**
     model already checked: with off-diagonal curvature the results are then
     silently wrong.
 """
+
+
+@quadratic_form.register(DiagonalFactor)
+def _(factor: DiagonalFactor, fn, theta, phi, u):
+    del fn, theta, phi
+    return jnp.dot(factor.diagonal * u, u)

@@ -2,10 +2,11 @@
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Int, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from .._results import RESULTS
 
@@ -47,6 +48,60 @@ class AbstractMarginal(eqx.Module):
 
         `(log_density, aux)`, with `aux` a [`lapsample.MarginalAux`][].
         """
+
+
+class LaplaceConditional(eqx.Module):
+    """The Laplace approximation `N(theta*, A⁻¹)` of `p(theta | phi, y)` at one
+    `phi`, factorised once, as [`lapsample.laplace_check`][] uses it.
+
+    - `value`: the Laplace log marginal at `phi`;
+    - `result`: the [`lapsample.RESULTS`][] code of the solve and factorisation;
+    - `theta_star`: the mode, flat;
+    - `log_joint`: flat `theta -> log p(theta, phi, y)` (up to the marginal's
+      constant);
+    - `draw`: `key -> u ~ N(0, A⁻¹)`, `A` the negative Hessian at the mode;
+    - `quadratic_form`: `u -> uᵀ A u`, consistent with `draw` (jitter included).
+    """
+
+    value: Scalar
+    result: RESULTS
+    theta_star: Float[Array, " d"]
+    log_joint: Callable[[Float[Array, " d"]], Scalar]
+    draw: Callable[[PRNGKeyArray], Float[Array, " d"]]
+    quadratic_form: Callable[[Float[Array, " d"]], Scalar]
+
+
+class AbstractLaplaceMarginal(AbstractMarginal):
+    """A marginal whose latent `theta` is integrated out by a Laplace approximation.
+
+    Besides its value, it can draw `theta` from the approximation
+    (`sample_theta`, used by `sample(..., sample_theta=True)`), give the
+    approximation itself at one `phi` (`laplace_conditional`, used by
+    [`lapsample.laplace_check`][]) and check a model before compiling (`check`,
+    used by [`lapsample.sample`][]). [`lapsample.LaplaceMarginal`][] and
+    [`lapsample.LatentGaussianMarginal`][] are the two built in.
+    """
+
+    theta_init: eqx.AbstractVar[Any]
+
+    @abc.abstractmethod
+    def sample_theta(
+        self, key: PRNGKeyArray, phi: PyTree[Array], theta_star: PyTree[Array]
+    ) -> PyTree[Array]:
+        """A draw from the Laplace approximation `N(theta_star, A⁻¹)` of
+        `p(theta | phi, y)`, NaN where it cannot be formed."""
+
+    @abc.abstractmethod
+    def laplace_conditional(
+        self, phi: PyTree[Array], theta_guess: PyTree[Array] | None = None
+    ) -> LaplaceConditional:
+        """The Laplace approximation at `phi` (solving for the mode from
+        `theta_guess`), as a [`lapsample.LaplaceConditional`][]."""
+
+    @abc.abstractmethod
+    def check(self, phi: PyTree[ArrayLike]) -> None:
+        """Raise a clear error, before any compilation, for a model that cannot be
+        evaluated at `phi`."""
 
 
 class PlainDensity(AbstractMarginal):

@@ -11,13 +11,22 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree
 
-from .._hessian.base import AbstractHessianStrategy, AbstractStructuredHessian
+from .._hessian.base import (
+    AbstractHessianStrategy,
+    AbstractStructuredHessian,
+    quadratic_form,
+)
 from .._hessian.dense import DenseHessian
 from .._inner import AbstractInnerSolver, Newton
 from .._misc import TreeRaveller
+from .._results import RESULTS
 from .._validate import check_float_tree, nonfinite_report, warn_if_low_precision
 from .ad import laplace_log_marginal
-from .base import AbstractMarginal, MarginalAux
+from .base import (
+    AbstractLaplaceMarginal,
+    LaplaceConditional,
+    MarginalAux,
+)
 
 
 @eqx.filter_jit
@@ -35,7 +44,7 @@ class _NegativeLogJoint(eqx.Module):
         return -self.log_joint(self.raveller.unravel(theta_flat), phi)
 
 
-class LaplaceMarginal(AbstractMarginal):
+class LaplaceMarginal(AbstractLaplaceMarginal):
     r"""The Laplace approximation to the marginal `log p(phi | y)` (up to a constant).
 
     For `log_joint(theta, phi) = log p(theta, phi, y)`,
@@ -229,6 +238,28 @@ class LaplaceMarginal(AbstractMarginal):
         draw = theta + self.hessian.sample(factor, key)
         draw = jnp.where(factor.positive_definite, draw, jnp.nan)
         return raveller.unravel(draw)
+
+    def laplace_conditional(
+        self, phi: PyTree[Array], theta_guess: PyTree[Array] | None = None
+    ) -> LaplaceConditional:
+        """The Laplace approximation at `phi`, with the Hessian strategy's own
+        factor at the mode (the one `sample_theta` draws from)."""
+        value, aux = self(phi, theta_guess)
+        theta = self.raveller.ravel(aux.theta_star)
+        fn = self._negative_log_joint(theta, phi)
+        strategy = self.hessian
+        factor = strategy.factorise(fn, theta, phi)
+        result = RESULTS.where(
+            factor.positive_definite, aux.result, RESULTS.hessian_not_positive_definite
+        )
+        return LaplaceConditional(
+            value=value,
+            result=result,
+            theta_star=theta,
+            log_joint=lambda t: -fn(t, phi),
+            draw=lambda k: strategy.sample(factor, k),
+            quadratic_form=lambda u: quadratic_form(factor, fn, theta, phi, u),
+        )
 
 
 LaplaceMarginal.__init__.__doc__ = """**Arguments:**

@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._linalg.banded import (
     add_to_block_diagonal,
@@ -61,7 +62,11 @@ from .._linalg.banded import (
 )
 from .._misc import default_tolerance
 from .._results import RESULTS
-from .base import AbstractMarginal, MarginalAux
+from .base import (
+    AbstractLaplaceMarginal,
+    LaplaceConditional,
+    MarginalAux,
+)
 from .lg_covariance import b_factor, cov_cotangents, newton_cov
 from .lg_newton import NewtonSettings
 from .lg_precision import newton_prec, prec_cotangents
@@ -171,7 +176,7 @@ def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settin
 # --------------------------------------------------------------------------------
 
 
-class LatentGaussianMarginal(AbstractMarginal):
+class LatentGaussianMarginal(AbstractLaplaceMarginal):
     r"""The Laplace marginal `log p(phi | y)` (up to a constant) of a latent Gaussian
     model with a conditionally independent likelihood:
 
@@ -445,10 +450,11 @@ class LatentGaussianMarginal(AbstractMarginal):
 
         return draw, quadratic_form, log_prior_density
 
-    def _laplace_proposal(self, phi, theta_guess):
-        """What [`lapsample.laplace_check`][] needs at `phi`: `(value, result,
-        theta_star, log_joint, draw, quadratic_form)`, with `log_joint: theta ->
-        log p(theta, phi, y)` and `draw`, `quadratic_form` as in `_conditional`."""
+    def laplace_conditional(
+        self, phi: PyTree[Array], theta_guess: Float[Array, " n"] | None = None
+    ) -> LaplaceConditional:
+        """The Laplace approximation at `phi`, factorised in this marginal's own
+        form (`B` or `Q + W`), with `log_joint: theta -> log p(theta, phi, y)`."""
         value, aux = self(phi, theta_guess)
         mat, mean, params = self._functions()(phi)
         theta_star = aux.theta_star
@@ -471,7 +477,15 @@ class LatentGaussianMarginal(AbstractMarginal):
         # fail where the solve did not: no draws or densities there.
         ok = jnp.isfinite(log_joint(theta_star)) | (aux.result != RESULTS.successful)
         result = RESULTS.where(ok, aux.result, RESULTS.hessian_not_positive_definite)
-        return value, result, theta_star, log_joint, draw, quadratic_form
+        return LaplaceConditional(
+            value, result, theta_star, log_joint, draw, quadratic_form
+        )
+
+    def check(self, phi: PyTree[ArrayLike]) -> None:
+        """Check shapes and dtypes of the prior's matrix, mean and likelihood at
+        `phi` by tracing once (nothing is compiled); raises a `ValueError` that
+        names the mismatch."""
+        jax.eval_shape(self, jtu.tree_map(jnp.asarray, phi))
 
 
 LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**

@@ -12,9 +12,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
-from .._laplace_check import CHECKABLE, laplace_check as run_laplace_check
-from .._marginal.base import AbstractMarginal
-from .._marginal.laplace import LaplaceMarginal
+from .._laplace_check import laplace_check as run_laplace_check
+from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler
@@ -274,19 +273,18 @@ def sample(
         chunk_size = max(1, math.ceil(total / TARGET_CHUNKS))
     chunk_size = check_int("chunk_size", chunk_size, 1)
     chunk_size = min(chunk_size, total)
-    if sample_theta and not callable(getattr(sampler.marginal, "sample_theta", None)):
-        raise ValueError(
-            "`sample_theta=True` needs a marginal with a latent to draw (a "
-            "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`, "
-            "which have a `sample_theta` method); the model's marginal is a "
-            f"{type(sampler.marginal).__name__}."
-        )
-    if laplace_check and not isinstance(sampler.marginal, CHECKABLE):
-        raise ValueError(
-            "`laplace_check=True` needs a `lapsample.LaplaceMarginal` or a "
-            "`lapsample.LatentGaussianMarginal` (a latent to check); the model's "
-            f"marginal is a {type(sampler.marginal).__name__}."
-        )
+    has_latent = isinstance(sampler.marginal, AbstractLaplaceMarginal)
+    for name, wanted in (
+        ("sample_theta", sample_theta),
+        ("laplace_check", laplace_check),
+    ):
+        if wanted and not has_latent:
+            raise ValueError(
+                f"`{name}=True` needs a marginal with a latent, an "
+                "`lapsample.AbstractLaplaceMarginal` such as "
+                "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`; "
+                f"the model's marginal is a {type(sampler.marginal).__name__}."
+            )
     base_mass = inverse_mass_array(sampler)
     if dense_mass is None:
         dense_mass = base_mass is not None and np.ndim(base_mass) == 2
@@ -323,7 +321,7 @@ def sample(
 
     positions = per_chain_positions(initial_position, num_chains, chain_axis)
     first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
-    if isinstance(sampler.marginal, LaplaceMarginal):
+    if has_latent:
         # Clear errors for a model that fails at the start, before any compilation.
         sampler.marginal.check(first)
 

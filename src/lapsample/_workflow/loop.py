@@ -7,9 +7,9 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._misc import TreeRaveller
-from .._nuts import NoUTurn
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler
+from .._trajectory import AbstractDynamicTrajectory
 from . import checkpoint as checkpoint_file
 from .adaptation import initial_inverse_mass_matrix
 from .chains import advance_chains, advance_chains_impl, setup_chains, setup_chains_impl
@@ -246,7 +246,7 @@ def _stats(record, sampler: Sampler) -> dict[str, np.ndarray]:
     info = record.info
     trajectory = sampler.trajectory
     depth = np.asarray(info.tree_depth)
-    if isinstance(trajectory, NoUTurn):
+    if isinstance(trajectory, AbstractDynamicTrajectory):
         reached = depth >= trajectory.max_tree_depth
     else:
         reached = np.zeros(depth.shape, bool)

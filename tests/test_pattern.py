@@ -93,8 +93,6 @@ SOURCE = Path(lapsample.__file__).resolve().parent
 MAX_LINES = 400
 LARGE_FILES = {
     "_numpyro.py": "one front end (NumPyro models as input), like lineax's _operator",
-    "_workflow/driver.py": "sample and resume: two entry points whose docstrings are "
-    "most of the file (sample's alone is about 160 lines)",
     "_linalg/banded.py": "one concept (banded matrices as block chains): factorise, "
     "solve, draw, logdet and selected inverse share the recurrences",
     "_marginal/latent_gaussian.py": "one public class whose docstring, validation "

@@ -29,8 +29,17 @@ import numpy as np
 import pytest
 
 import lapsample as ls
-from lapsample import _adaptation, _checkpoint, _run
 from lapsample._misc import variable_names
+from lapsample._workflow import (
+    adaptation as _adaptation,
+    chains as _chains,
+    checkpoint as _checkpoint,
+    devices as _devices,
+    loop as _loop,
+    progress as _progress,
+    schedule as _schedule,
+    settings as _settings,
+)
 
 from ._sampler_helpers import (
     CORRELATED_COV,
@@ -74,7 +83,7 @@ SCHEMA = (
 
 # One traced copy of the chunk function for every run of the seed configuration:
 # a second trace (a recompilation) raises.
-_SEED_ADVANCE = eqx.debug.assert_max_traces(_run._advance_impl, max_traces=1)
+_SEED_ADVANCE = eqx.debug.assert_max_traces(_chains.advance_chains_impl, max_traces=1)
 _SEED_ADVANCE_JIT = eqx.filter_jit(_SEED_ADVANCE)
 
 
@@ -87,14 +96,14 @@ def _seed_sample(key=SEED_KEY, marginal=None, start=SEED_START, **overrides):
     marginal = _seed_marginal() if marginal is None else marginal
     settings = {**SEED_SETTINGS, **overrides}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_run, "_advance", _SEED_ADVANCE_JIT)
+        mp.setattr(_loop, "advance_chains", _SEED_ADVANCE_JIT)
         return ls.sample(jr.key(key), marginal, jnp.array(start), **settings)
 
 
 def _seed_resume(path, marginal=None, **kwargs):
     marginal = _seed_marginal() if marginal is None else marginal
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_run, "_advance", _SEED_ADVANCE_JIT)
+        mp.setattr(_loop, "advance_chains", _SEED_ADVANCE_JIT)
         return ls.resume(path, marginal, progress_bar=False, **kwargs)
 
 
@@ -148,7 +157,7 @@ def children(tmp_path_factory, cache_dir):
     kill_script = _CHILD_PRELUDE + textwrap.dedent(
         f"""
         import os, time
-        from lapsample import _checkpoint
+        from lapsample._workflow import checkpoint as _checkpoint
         write = _checkpoint.write
         def gated_write(*args, **kwargs):
             write(*args, **kwargs)
@@ -420,13 +429,13 @@ def test_four_devices_and_other_chunks_give_the_same_draws(seed_results, childre
 def test_mesh_size():
     # 4 or 8 chains on 4 devices: all of them; 6 chains: the largest divisor of 6,
     # 3 devices; 5 chains: one device. Several hosts need a multiple.
-    assert _run._mesh_size(4, 4, 1) == 4
-    assert _run._mesh_size(8, 4, 1) == 4
-    assert _run._mesh_size(6, 4, 1) == 3
-    assert _run._mesh_size(5, 4, 1) == 1
-    assert _run._mesh_size(3, 1, 1) == 1
+    assert _devices.mesh_size(4, 4, 1) == 4
+    assert _devices.mesh_size(8, 4, 1) == 4
+    assert _devices.mesh_size(6, 4, 1) == 3
+    assert _devices.mesh_size(5, 4, 1) == 1
+    assert _devices.mesh_size(3, 1, 1) == 1
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        _run._mesh_size(6, 4, 2)
+        _devices.mesh_size(6, 4, 2)
 
 
 # --------------------------------------------------------------------------------
@@ -660,8 +669,9 @@ def test_no_progress_bar_under_ci(cache_dir):
 
 def test_progress_bar_off_without_terminal(capsys):
     # pytest captures stderr (not a terminal): no bar, and no stray output.
-    assert not _run._progress_wanted(True)
-    assert not _run._progress_wanted(False)
+    for wanted in (True, False):
+        meter = _progress.progress_meter(wanted, 10, 0, 5)
+        assert isinstance(meter, _progress.NoProgressMeter)
 
 
 # --------------------------------------------------------------------------------
@@ -712,7 +722,7 @@ def test_vectorized_chains_leave_data_unbatched():
 def test_stan_window_schedule():
     # Stan's defaults for 1000 iterations: 75 fast, slow windows of 25, 50, 100,
     # 200 and 500 (the last stretched to fill), 50 fast.
-    schedule = _adaptation.WindowSchedule(1000)
+    schedule = _schedule.WindowSchedule(1000)
     assert schedule.windows == [
         (75, 99),
         (100, 149),
@@ -722,9 +732,9 @@ def test_stan_window_schedule():
     ]
     assert schedule.in_window.sum() == 1000 - 75 - 50
     # 150 iterations fit 75 + 25 + 50 exactly.
-    assert _adaptation.WindowSchedule(150).windows == [(75, 99)]
+    assert _schedule.WindowSchedule(150).windows == [(75, 99)]
     # Fewer than 150: 15% / 75% / 10%.
-    schedule = _adaptation.WindowSchedule(100)
+    schedule = _schedule.WindowSchedule(100)
     assert (schedule.init_buffer, schedule.base_window, schedule.term_buffer) == (
         15,
         75,
@@ -732,9 +742,9 @@ def test_stan_window_schedule():
     )
     assert schedule.windows == [(15, 89)]
     # Fewer than 20: the step size only.
-    assert _adaptation.WindowSchedule(19).windows == []
-    assert not _adaptation.WindowSchedule(19).in_window.any()
-    flags = _adaptation.schedule_flags(150, 10)
+    assert _schedule.WindowSchedule(19).windows == []
+    assert not _schedule.WindowSchedule(19).in_window.any()
+    flags = _schedule.schedule_flags(150, 10)
     assert flags["is_warmup"].sum() == 150 and flags["is_last_warmup"][149]
     assert not flags["window_end"][150:].any()
 
@@ -896,14 +906,14 @@ def test_jitter_redraws_starts_outside_the_support():
 
 
 def test_per_chain_starting_points():
-    positions = _run._per_chain_positions(
+    positions = _settings.per_chain_positions(
         {"a": np.arange(3.0), "b": np.zeros((3, 2))}, 3, True
     )
     assert positions["a"].shape == (3,) and positions["b"].shape == (3, 2)
-    positions = _run._per_chain_positions({"a": np.arange(2.0)}, 3, False)
+    positions = _settings.per_chain_positions({"a": np.arange(2.0)}, 3, False)
     assert positions["a"].shape == (3, 2)
     with pytest.raises(ValueError, match="leading axis of length num_chains=4"):
-        _run._per_chain_positions({"a": np.arange(3.0)}, 4, True)
+        _settings.per_chain_positions({"a": np.arange(3.0)}, 4, True)
 
 
 @pytest.mark.parametrize(
@@ -932,7 +942,7 @@ def test_invalid_model_and_inputs():
     with pytest.raises(TypeError, match="model"):
         ls.sample(jr.key(0), lambda x: x, jnp.array(0.5))
     with pytest.raises(TypeError, match="`model` must be a `lapsample.Sampler`"):
-        _run._as_sampler(lambda x: x)
+        _settings.as_sampler(lambda x: x)
     with pytest.raises(TypeError, match="key"):
         ls.sample(0, _seed_marginal(), jnp.array(0.5))
     with pytest.raises(ValueError, match="needs a marginal with a latent"):

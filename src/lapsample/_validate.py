@@ -93,6 +93,12 @@ def check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return value
+
+
 def check_key(key) -> jax.Array:
     if not isinstance(key, jax.Array):
         raise TypeError(

@@ -229,3 +229,27 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     except (CheckpointError, FileNotFoundError):
         return False
     return True
+
+
+def preflight(path: str, overwrite: bool, initial_position) -> dict:
+    """Check, before anything compiles, that a new run may write its checkpoint at
+    `path`; returns the encoded structure of `initial_position` for the header."""
+    if os.path.exists(path):
+        if not is_checkpoint(path):
+            raise FileExistsError(
+                f"{path} exists and is not a lapsample checkpoint; it will "
+                "not be overwritten. Choose another `checkpoint` path."
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"The checkpoint {path} exists. Continue it with "
+                f"`lapsample.resume({path!r}, model)`, or pass "
+                "`overwrite=True` to start afresh."
+            )
+    try:
+        return encode_structure(initial_position)
+    except TypeError as e:
+        raise TypeError(
+            "Checkpoints need `initial_position` made of arrays in dicts (with "
+            f"string keys), lists and tuples: {e}."
+        ) from None

@@ -1,11 +1,9 @@
 """`sample` starts a run and `resume` continues one from a checkpoint."""
 
-import math
 import os
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -17,18 +15,14 @@ from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler
-from .._validate import check_int, check_key
+from .._validate import check_bool, check_key
 from . import checkpoint as checkpoint_file
-from .devices import place_on_mesh, to_host
+from .devices import place_on_mesh
 from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
-from .schedule import MIN_WARMUP_FOR_MASS
 from .settings import (
     as_sampler,
-    inverse_mass_array,
-    jitter_positions,
     per_chain_positions,
-    settings_for,
-    TARGET_CHUNKS,
+    RunSettings,
     unwrap_numpyro,
     with_postprocess,
 )
@@ -222,162 +216,52 @@ def sample(
     key = check_key(key)
     model, initial_position, postprocess = unwrap_numpyro(model, initial_position)
     sampler = as_sampler(model)
-    num_warmup = check_int("num_warmup", num_warmup, 0)
-    num_samples = check_int("num_samples", num_samples, 1)
-    if num_chains is None:
-        if chain_axis:
-            leaves = jtu.tree_leaves(initial_position)
-            if not leaves or np.ndim(leaves[0]) == 0:
-                raise ValueError(
-                    "With `chain_axis=True`, the leaves of `initial_position` need a "
-                    "leading chain axis."
-                )
-            num_chains = int(np.shape(leaves[0])[0])
-        else:
-            num_chains = 4
-    num_chains = check_int("num_chains", num_chains, 1)
-    if isinstance(target_accept, bool) or not isinstance(
-        target_accept, int | float | np.floating
-    ):
-        raise TypeError(f"`target_accept` must be a float, got {target_accept!r}.")
-    if not 0.0 < float(target_accept) < 1.0:
-        raise ValueError(f"`target_accept` must be in (0, 1), got {target_accept}.")
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float | np.floating):
-        raise TypeError(f"`jitter` must be a float, got {jitter!r}.")
-    if not (math.isfinite(float(jitter)) and float(jitter) >= 0.0):
-        raise ValueError(f"`jitter` must be finite and at least 0, got {jitter}.")
-    for name, value in (
-        ("chain_axis", chain_axis),
-        ("sample_theta", sample_theta),
-        ("save_warmup", save_warmup),
-        ("adapt_mass_matrix", adapt_mass_matrix),
-        ("progress_bar", progress_bar),
-        ("overwrite", overwrite),
-        ("laplace_check", laplace_check),
-    ):
-        if not isinstance(value, bool):
-            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    if dense_mass is not None and not isinstance(dense_mass, bool):
-        raise TypeError(
-            f"`dense_mass` must be True, False or None, got {dense_mass!r}."
-        )
-    if chain_method is None:
-        chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
-    if chain_method not in ("vectorized", "sequential"):
-        raise ValueError(
-            '`chain_method` must be "vectorized" or "sequential", got '
-            f"{chain_method!r}."
-        )
-    total = num_warmup + num_samples
-    if chunk_size is None:
-        chunk_size = max(1, math.ceil(total / TARGET_CHUNKS))
-    chunk_size = check_int("chunk_size", chunk_size, 1)
-    chunk_size = min(chunk_size, total)
-    has_latent = isinstance(sampler.marginal, AbstractLaplaceMarginal)
-    for name, wanted in (
-        ("sample_theta", sample_theta),
-        ("laplace_check", laplace_check),
-    ):
-        if wanted and not has_latent:
-            raise ValueError(
-                f"`{name}=True` needs a marginal with a latent, an "
-                "`lapsample.AbstractLaplaceMarginal` such as "
-                "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`; "
-                f"the model's marginal is a {type(sampler.marginal).__name__}."
-            )
-    base_mass = inverse_mass_array(sampler)
-    if dense_mass is None:
-        dense_mass = base_mass is not None and np.ndim(base_mass) == 2
-    if adapt_mass_matrix and num_warmup >= MIN_WARMUP_FOR_MASS and base_mass is None:
-        raise ValueError(
-            "Warm-up adapts the mass matrix, which needs the sampler's "
-            "`inverse_mass_matrix` to be an array, a `DiagonalMetric` or a "
-            f"`DenseMetric`; got a {type(sampler.inverse_mass_matrix).__name__}. "
-            "Pass `adapt_mass_matrix=False` to adapt the step size only."
-        )
-    if checkpoint is not None:
-        checkpoint = os.fspath(checkpoint)
-        if os.path.exists(checkpoint):
-            if not checkpoint_file.is_checkpoint(checkpoint):
-                raise FileExistsError(
-                    f"{checkpoint} exists and is not a lapsample checkpoint; it will "
-                    "not be overwritten. Choose another `checkpoint` path."
-                )
-            if not overwrite:
-                raise FileExistsError(
-                    f"The checkpoint {checkpoint} exists. Continue it with "
-                    f"`lapsample.resume({checkpoint!r}, model)`, or pass "
-                    "`overwrite=True` to start afresh."
-                )
-        try:
-            structure = checkpoint_file.encode_structure(initial_position)
-        except TypeError as e:
-            raise TypeError(
-                "Checkpoints need `initial_position` made of arrays in dicts (with "
-                f"string keys), lists and tuples: {e}."
-            ) from None
-    else:
-        structure = None
-
-    positions = per_chain_positions(initial_position, num_chains, chain_axis)
-    first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
-    if has_latent:
-        # Clear errors for a model that fails at the start, before any compilation.
-        sampler.marginal.check(first)
-
-    settings = settings_for(
+    check_bool("progress_bar", progress_bar)
+    check_bool("overwrite", overwrite)
+    check_bool("laplace_check", laplace_check)
+    settings = RunSettings.from_arguments(
+        sampler,
+        initial_position,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        target_accept=float(target_accept),
-        dense_mass=bool(dense_mass),
+        target_accept=target_accept,
+        dense_mass=dense_mass,
         adapt_mass_matrix=adapt_mass_matrix,
         chain_axis=chain_axis,
-        jitter=float(jitter),
+        jitter=jitter,
         sample_theta=sample_theta,
         save_warmup=save_warmup,
         chain_method=chain_method,
         chunk_size=chunk_size,
         model_is_marginal=not isinstance(model, Sampler),
     )
+    has_latent = isinstance(sampler.marginal, AbstractLaplaceMarginal)
+    if laplace_check and not has_latent:
+        raise ValueError(
+            "`laplace_check=True` needs a marginal with a latent, an "
+            "`lapsample.AbstractLaplaceMarginal` such as "
+            "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`; "
+            f"the model's marginal is a {type(sampler.marginal).__name__}."
+        )
+    structure = None
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        structure = checkpoint_file.preflight(checkpoint, overwrite, initial_position)
+    positions = per_chain_positions(
+        initial_position, settings.num_chains, settings.chain_axis
+    )
+    first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+    if has_latent:
+        # Clear errors for a model that fails at the start, before any compilation.
+        sampler.marginal.check(first)
+
     key_impl = str(jr.key_impl(key))
     jitter_key, chains_key = jr.split(key)
-    key_data = np.asarray(jr.key_data(jr.split(chains_key, num_chains)))
+    key_data = np.asarray(jr.key_data(jr.split(chains_key, settings.num_chains)))
     run = Run(sampler, settings, key_data, key_impl)
 
-    base = positions
-    positions = jitter_positions(base, float(jitter), jitter_key, range(num_chains), 0)
-    carry = None
-    for attempt in range(1, 101 if jitter > 0 else 2):
-        carry = run.setup(positions)
-        logdensity = np.asarray(to_host(carry.state.logdensity))
-        bad = np.flatnonzero(~np.isfinite(logdensity))
-        if bad.size == 0:
-            break
-        if jitter > 0 and attempt < 100:
-            # Redraw the starts of the failing chains only, from the given point.
-            redrawn = jitter_positions(
-                base, float(jitter), jitter_key, bad.tolist(), attempt
-            )
-            positions = jtu.tree_map(
-                lambda old, new: np.where(
-                    np.isin(np.arange(num_chains), bad).reshape(
-                        (-1,) + (1,) * (old.ndim - 1)
-                    ),
-                    new,
-                    old,
-                ),
-                positions,
-                redrawn,
-            )
-            continue
-        raise ValueError(
-            f"The log density is not finite at the starting point of chain(s) "
-            f"{bad.tolist()} (values {logdensity[bad].tolist()}): the inner solve may "
-            "have failed there, or the point is outside the support. Choose another "
-            "`initial_position`" + (" or a smaller `jitter`." if jitter > 0 else ".")
-        )
-
+    carry, positions = run.start_chains(positions, jitter_key)
     results = run_loop(
         run,
         carry,
@@ -395,7 +279,7 @@ def sample(
         check = run_laplace_check(
             results,
             jr.fold_in(key, _LAPLACE_CHECK_STREAM),
-            num_phi=min(20, num_chains * num_samples),
+            num_phi=min(20, settings.num_chains * settings.num_samples),
         )
         results = eqx.tree_at(
             lambda r: r.laplace_check, results, check, is_leaf=lambda x: x is None
@@ -439,7 +323,7 @@ def resume(
     path = os.fspath(checkpoint)
     header, arrays = checkpoint_file.read(path)
     try:
-        settings = header["settings"]
+        settings = RunSettings.from_header(header["settings"])
         step = int(header["step"])
         fingerprint = header["fingerprint"]
         structure = header["structure"]
@@ -477,15 +361,15 @@ def resume(
     template = run.records_shape(carry_template)
     template_leaves, record_def = jtu.tree_flatten(template)
     div_index = leaf_index(template_leaves, template.info.is_divergent)
-    draws = empty_like_records(template_leaves, settings["num_samples"])
+    draws = empty_like_records(template_leaves, settings.num_samples)
     saved = entries("draws")
     check_leaves(path, "draws", draws, saved, axis=1)
-    filled = max(0, step - settings["num_warmup"])
+    filled = max(0, step - settings.num_warmup)
     for dst, src in zip(draws, saved):
         dst[:, :filled] = src
     warmup = None
-    if settings["save_warmup"]:
-        warmup = empty_like_records(template_leaves, settings["num_warmup"])
+    if settings.save_warmup:
+        warmup = empty_like_records(template_leaves, settings.num_warmup)
         saved = entries("warmup")
         check_leaves(path, "warm-up draws", warmup, saved, axis=1)
         for dst, src in zip(warmup, saved):

@@ -14,9 +14,9 @@ from . import checkpoint as checkpoint_file
 from .adaptation import initial_inverse_mass_matrix
 from .chains import advance_chains, advance_chains_impl, setup_chains, setup_chains_impl
 from .devices import choose_mesh, place_on_mesh, to_host
-from .progress import Progress, progress_wanted
+from .progress import progress_meter
 from .schedule import MIN_WARMUP_FOR_MASS, schedule_flags, StepFlags
-from .settings import inverse_mass_array
+from .settings import inverse_mass_array, jitter_positions, RunSettings
 
 
 # --------------------------------------------------------------------------------
@@ -28,41 +28,39 @@ class Run:
     """Everything about a run that is fixed when it starts (host side)."""
 
     def __init__(
-        self, sampler: Sampler, settings: dict, key_data: np.ndarray, key_impl: str
+        self,
+        sampler: Sampler,
+        settings: RunSettings,
+        key_data: np.ndarray,
+        key_impl: str,
     ):
         self.sampler = sampler
         self.settings = settings
         self.key_data = key_data
         self.key_impl = key_impl
-        num_chains = settings["num_chains"]
-        self.mesh = choose_mesh(num_chains)
-        method = settings["chain_method"]
-        self.vectorized = method == "vectorized"
-        self.total = settings["num_warmup"] + settings["num_samples"]
-        self.flags = schedule_flags(settings["num_warmup"], settings["num_samples"])
-        self.chunk = settings["chunk_size"]
+        self.mesh = choose_mesh(settings.num_chains)
+        self.vectorized = settings.vectorized
+        self.total = settings.total
+        self.flags = schedule_flags(settings.num_warmup, settings.num_samples)
+        self.chunk = settings.chunk_size
         # What warm-up adapts.
-        num_warmup = settings["num_warmup"]
-        base_mass = inverse_mass_array(sampler)
+        self.base_mass = inverse_mass_array(sampler)
         self.adapt_mass = (
-            settings["adapt_mass_matrix"] and num_warmup >= MIN_WARMUP_FOR_MASS
+            settings.adapt_mass_matrix and settings.num_warmup >= MIN_WARMUP_FOR_MASS
         )
-        self.search = num_warmup > 0 or settings["model_is_marginal"]
-        self.base_mass = base_mass
+        self.search = settings.num_warmup > 0 or settings.model_is_marginal
 
     def initial_inverse_mass(self, size, dtype):
         if not self.adapt_mass:
             return None
         base = 1.0 if self.base_mass is None else self.base_mass
-        return initial_inverse_mass_matrix(
-            base, size, self.settings["dense_mass"], dtype
-        )
+        return initial_inverse_mass_matrix(base, size, self.settings.dense_mass, dtype)
 
     def setup_kwargs(self):
         return dict(
             key_impl=self.key_impl,
             search=self.search,
-            welford_dense=self.settings["dense_mass"] if self.adapt_mass else None,
+            welford_dense=self.settings.dense_mass if self.adapt_mass else None,
             mesh=self.mesh,
             vectorized=self.vectorized,
         )
@@ -77,7 +75,7 @@ class Run:
             place_on_mesh(self.key_data, mesh, True),
             place_on_mesh(positions, mesh, True),
             place_on_mesh(inverse_mass, mesh, False),
-            place_on_mesh(np.asarray(self.settings["target_accept"]), mesh, False),
+            place_on_mesh(np.asarray(self.settings.target_accept), mesh, False),
             **self.setup_kwargs(),
         )
 
@@ -91,9 +89,46 @@ class Run:
             self.key_data,
             positions,
             inverse_mass,
-            np.asarray(self.settings["target_accept"]),
+            np.asarray(self.settings.target_accept),
             **self.setup_kwargs(),
         )
+
+    def start_chains(self, positions, jitter_key):
+        """Set up every chain from `positions` (jittered by `settings.jitter`);
+        starts where the log density is not finite are redrawn, up to 100 times,
+        and otherwise refused with a `ValueError`. Returns `(carry, positions)`."""
+        jitter = self.settings.jitter
+        num_chains = self.settings.num_chains
+        base = positions
+        positions = jitter_positions(base, jitter, jitter_key, range(num_chains), 0)
+        for attempt in range(1, 101 if jitter > 0 else 2):
+            carry = self.setup(positions)
+            logdensity = np.asarray(to_host(carry.state.logdensity))
+            bad = np.flatnonzero(~np.isfinite(logdensity))
+            if bad.size == 0:
+                return carry, positions
+            if jitter > 0 and attempt < 100:
+                # Redraw the starts of the failing chains only, from the given point.
+                redrawn = jitter_positions(
+                    base, jitter, jitter_key, bad.tolist(), attempt
+                )
+                failed = np.isin(np.arange(num_chains), bad)
+                positions = jtu.tree_map(
+                    lambda old, new: np.where(
+                        failed.reshape((-1,) + (1,) * (old.ndim - 1)), new, old
+                    ),
+                    positions,
+                    redrawn,
+                )
+                continue
+            raise ValueError(
+                f"The log density is not finite at the starting point of chain(s) "
+                f"{bad.tolist()} (values {logdensity[bad].tolist()}): the inner solve "
+                "may have failed there, or the point is outside the support. Choose "
+                "another `initial_position`"
+                + (" or a smaller `jitter`." if jitter > 0 else ".")
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def chunk_flags(self, step: int, n: int) -> StepFlags:
         def take(name):
@@ -111,7 +146,7 @@ class Run:
     def advance_kwargs(self):
         return dict(
             key_impl=self.key_impl,
-            sample_theta=self.settings["sample_theta"],
+            sample_theta=self.settings.sample_theta,
             mesh=self.mesh,
             vectorized=self.vectorized,
         )
@@ -156,11 +191,11 @@ def run_loop(
     model,
 ):
     s = run.settings
-    num_warmup, num_samples = s["num_warmup"], s["num_samples"]
+    num_warmup, num_samples = s.num_warmup, s.num_samples
     if resumed is None:
         # Allocated from the first chunk's records.
         draws = warmup = record_def = div_index = None
-        warmup_divergences = np.zeros(s["num_chains"], np.int64)
+        warmup_divergences = np.zeros(s.num_chains, np.int64)
     else:
         draws, warmup, counters, record_def, div_index = resumed
         warmup_divergences = np.asarray(counters["warmup_divergences"], np.int64)
@@ -169,7 +204,7 @@ def run_loop(
     sampler = place_on_mesh(run.sampler, mesh, False)
     key_data = place_on_mesh(run.key_data, mesh, True)
     step = start
-    progress = Progress(progress_wanted(progress_bar), run.total, step, num_warmup)
+    progress = progress_meter(progress_bar, run.total, step, num_warmup)
     fingerprint = (
         checkpoint_file.model_fingerprint(model) if checkpoint is not None else None
     )
@@ -190,7 +225,7 @@ def run_loop(
             host, record_def = jtu.tree_flatten(host_records)
             if draws is None:
                 draws = empty_like_records(host, num_samples)
-                if s["save_warmup"]:
+                if s.save_warmup:
                     warmup = empty_like_records(host, num_warmup)
                 div_index = leaf_index(host, host_records.info.is_divergent)
             # Iterations step .. step + n - 1: warm-up first, then draws.
@@ -278,7 +313,7 @@ def _results(
         base = np.asarray(run.base_mass)
         if base.ndim == 0:
             base = np.full((size,), base)
-        inverse_mass = np.broadcast_to(base, (s["num_chains"], *base.shape)).copy()
+        inverse_mass = np.broadcast_to(base, (s.num_chains, *base.shape)).copy()
     if warmup is not None:
         warm = jtu.tree_unflatten(record_def, warmup)
         warmup_phi = warm.position
@@ -288,14 +323,14 @@ def _results(
     return SampleResults(
         phi=records.position,
         theta_star=records.theta_star,
-        theta=records.theta if s["sample_theta"] else None,
+        theta=records.theta if s.sample_theta else None,
         sample_stats=_stats(records, run.sampler),
         warmup_phi=warmup_phi,
         warmup_sample_stats=warmup_stats,
         step_size=np.asarray(adaptation.step_size),
         inverse_mass_matrix=None if inverse_mass is None else np.asarray(inverse_mass),
         final_state=host_carry.state,
-        num_warmup=s["num_warmup"],
+        num_warmup=s.num_warmup,
         num_warmup_divergences=np.asarray(warmup_divergences),
         sampler=run.sampler,
     )
@@ -310,7 +345,7 @@ def _write_checkpoint(
     path, run, carry, positions, structure, fingerprint, step, draws, warmup, counters
 ):
     s = run.settings
-    num_warmup = s["num_warmup"]
+    num_warmup = s.num_warmup
     filled = max(0, step - num_warmup)
     arrays = {"key_data": run.key_data}
     for i, leaf in enumerate(jtu.tree_leaves(carry)):
@@ -323,7 +358,7 @@ def _write_checkpoint(
         for i, leaf in enumerate(warmup):
             arrays[f"warmup/{i}"] = leaf[:, : min(step, num_warmup)]
     header = dict(
-        settings=s,
+        settings=s.to_header(),
         key_impl=run.key_impl,
         structure=structure,
         fingerprint=fingerprint,

@@ -1,5 +1,7 @@
-"""Progress meters for the host loop."""
+"""Progress meters for the host loop (as Diffrax's `_progress_meter.py`): one that
+does nothing and one that draws a tqdm bar, chosen once when a run starts."""
 
+import abc
 import os
 import sys
 
@@ -7,32 +9,42 @@ import jax
 import numpy as np
 
 
-# --------------------------------------------------------------------------------
-# Progress bar.
-# --------------------------------------------------------------------------------
+class AbstractProgressMeter(abc.ABC):
+    """Told, after each chunk of iterations, how far the run has got."""
+
+    @abc.abstractmethod
+    def update(
+        self,
+        step: int,
+        n: int,
+        warmup_divergences: int,
+        divergences: int,
+        step_size: np.ndarray,
+    ) -> None:
+        """Iterations `step .. step + n - 1` are done; divergences so far (of the
+        warm-up and of the draws) and the chains' current step sizes."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """The run has ended (or failed)."""
 
 
-def progress_wanted(progress_bar: bool) -> bool:
-    if not progress_bar or os.environ.get("CI"):
-        return False
-    if jax.process_index() != 0:
-        return False
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+class NoProgressMeter(AbstractProgressMeter):
+    """Reports nothing."""
+
+    def update(self, step, n, warmup_divergences, divergences, step_size):
+        pass
+
+    def close(self):
+        pass
 
 
-class Progress:
-    def __init__(self, enabled: bool, total: int, initial: int, num_warmup: int):
-        self.bar = None
+class TqdmProgressMeter(AbstractProgressMeter):
+    """A tqdm bar on standard error: the phase (warm-up or sampling), divergences
+    and the mean step size."""
+
+    def __init__(self, tqdm, total: int, initial: int, num_warmup: int):
         self.num_warmup = num_warmup
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm comes with the arviz extra
-            return
         try:
             width, height = os.get_terminal_size(sys.stderr.fileno())
         except (AttributeError, OSError, ValueError):
@@ -55,8 +67,6 @@ class Progress:
         return "warmup" if step < self.num_warmup else "sampling"
 
     def update(self, step, n, warmup_divergences, divergences, step_size):
-        if self.bar is None:
-            return
         self.bar.set_description(self._phase(step + n), refresh=False)
         self.bar.set_postfix(
             divergences=int(
@@ -68,5 +78,32 @@ class Progress:
         self.bar.update(n)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
+
+
+def _on_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress_meter(
+    progress_bar: bool, total: int, initial: int, num_warmup: int
+) -> AbstractProgressMeter:
+    """A tqdm bar when one is wanted and can be shown: asked for, not under CI, on
+    process 0, standard error a terminal, tqdm installed (it comes with the
+    `arviz` extra); else a meter that does nothing."""
+    wanted = (
+        progress_bar
+        and not os.environ.get("CI")
+        and jax.process_index() == 0
+        and _on_a_terminal()
+    )
+    if not wanted:
+        return NoProgressMeter()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the arviz extra
+        return NoProgressMeter()
+    return TqdmProgressMeter(tqdm, total, initial, num_warmup)

@@ -1,5 +1,9 @@
 """The settings of a run and the preparation of its inputs."""
 
+import dataclasses
+import math
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -7,13 +11,15 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
-from .._marginal.base import AbstractMarginal
+from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
 from .._metric import DenseMetric, DiagonalMetric
 from .._numpyro import NumPyroModel
 from .._nuts import NoUTurn
 from .._output.sample_results import SampleResults
 from .._proposal import Multinomial
 from .._sampler import Sampler
+from .._validate import check_bool, check_int
+from .schedule import MIN_WARMUP_FOR_MASS
 
 
 # Aim for about this many chunks per run (progress updates and checkpoints).
@@ -108,34 +114,145 @@ def jitter_positions(base, jitter: float, key, chains, attempt: int):
     return jtu.tree_unflatten(treedef, new)
 
 
-def settings_for(
-    *,
-    num_warmup,
-    num_samples,
-    num_chains,
-    target_accept,
-    dense_mass,
-    adapt_mass_matrix,
-    chain_axis,
-    jitter,
-    sample_theta,
-    save_warmup,
-    chain_method,
-    chunk_size,
-    model_is_marginal,
-):
-    return dict(
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        target_accept=target_accept,
-        dense_mass=dense_mass,
-        adapt_mass_matrix=adapt_mass_matrix,
-        chain_axis=chain_axis,
-        jitter=jitter,
-        sample_theta=sample_theta,
-        save_warmup=save_warmup,
-        chain_method=chain_method,
-        chunk_size=chunk_size,
-        model_is_marginal=model_is_marginal,
-    )
+class RunSettings(eqx.Module):
+    """What a run of [`lapsample.sample`][] was told, after defaults: fixed when it
+    starts, stored in the checkpoint header (as JSON, with these field names) and
+    read back by [`lapsample.resume`][]. Host-side only: nothing here is traced."""
+
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    target_accept: float
+    dense_mass: bool
+    adapt_mass_matrix: bool
+    chain_axis: bool
+    jitter: float
+    sample_theta: bool
+    save_warmup: bool
+    chain_method: str
+    chunk_size: int
+    model_is_marginal: bool
+
+    @property
+    def total(self) -> int:
+        return self.num_warmup + self.num_samples
+
+    @property
+    def vectorized(self) -> bool:
+        return self.chain_method == "vectorized"
+
+    def to_header(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> "RunSettings":
+        """Raises `KeyError` for a missing field and `TypeError` for a header that
+        is not a mapping (the checkpoint reader turns both into its own error)."""
+        return cls(**{f.name: header[f.name] for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_arguments(
+        cls,
+        sampler: Sampler,
+        initial_position,
+        *,
+        num_warmup,
+        num_samples,
+        num_chains,
+        target_accept,
+        dense_mass,
+        adapt_mass_matrix,
+        chain_axis,
+        jitter,
+        sample_theta,
+        save_warmup,
+        chain_method,
+        chunk_size,
+        model_is_marginal: bool,
+    ) -> "RunSettings":
+        """Validate the arguments of `sample` and fill in the defaults, before
+        anything compiles; each error names the argument and the fix."""
+        num_warmup = check_int("num_warmup", num_warmup, 0)
+        num_samples = check_int("num_samples", num_samples, 1)
+        for name, value in (
+            ("chain_axis", chain_axis),
+            ("sample_theta", sample_theta),
+            ("save_warmup", save_warmup),
+            ("adapt_mass_matrix", adapt_mass_matrix),
+        ):
+            check_bool(name, value)
+        if num_chains is None:
+            num_chains = 4
+            if chain_axis:
+                leaves = jtu.tree_leaves(initial_position)
+                if not leaves or np.ndim(leaves[0]) == 0:
+                    raise ValueError(
+                        "With `chain_axis=True`, the leaves of `initial_position` "
+                        "need a leading chain axis."
+                    )
+                num_chains = int(np.shape(leaves[0])[0])
+        num_chains = check_int("num_chains", num_chains, 1)
+        if isinstance(target_accept, bool) or not isinstance(
+            target_accept, int | float | np.floating
+        ):
+            raise TypeError(f"`target_accept` must be a float, got {target_accept!r}.")
+        if not 0.0 < float(target_accept) < 1.0:
+            raise ValueError(f"`target_accept` must be in (0, 1), got {target_accept}.")
+        if isinstance(jitter, bool) or not isinstance(
+            jitter, int | float | np.floating
+        ):
+            raise TypeError(f"`jitter` must be a float, got {jitter!r}.")
+        if not (math.isfinite(float(jitter)) and float(jitter) >= 0.0):
+            raise ValueError(f"`jitter` must be finite and at least 0, got {jitter}.")
+        if dense_mass is not None and not isinstance(dense_mass, bool):
+            raise TypeError(
+                f"`dense_mass` must be True, False or None, got {dense_mass!r}."
+            )
+        if chain_method is None:
+            cpu = jax.default_backend() == "cpu"
+            chain_method = "sequential" if cpu else "vectorized"
+        if chain_method not in ("vectorized", "sequential"):
+            raise ValueError(
+                '`chain_method` must be "vectorized" or "sequential", got '
+                f"{chain_method!r}."
+            )
+        total = num_warmup + num_samples
+        if chunk_size is None:
+            chunk_size = max(1, math.ceil(total / TARGET_CHUNKS))
+        chunk_size = min(check_int("chunk_size", chunk_size, 1), total)
+        if sample_theta and not isinstance(sampler.marginal, AbstractLaplaceMarginal):
+            raise ValueError(
+                "`sample_theta=True` needs a marginal with a latent, an "
+                "`lapsample.AbstractLaplaceMarginal` such as "
+                "`lapsample.LaplaceMarginal` or `lapsample.LatentGaussianMarginal`; "
+                f"the model's marginal is a {type(sampler.marginal).__name__}."
+            )
+        base_mass = inverse_mass_array(sampler)
+        if dense_mass is None:
+            dense_mass = base_mass is not None and np.ndim(base_mass) == 2
+        if (
+            adapt_mass_matrix
+            and num_warmup >= MIN_WARMUP_FOR_MASS
+            and base_mass is None
+        ):
+            raise ValueError(
+                "Warm-up adapts the mass matrix, which needs the sampler's "
+                "`inverse_mass_matrix` to be an array, a `DiagonalMetric` or a "
+                f"`DenseMetric`; got a {type(sampler.inverse_mass_matrix).__name__}. "
+                "Pass `adapt_mass_matrix=False` to adapt the step size only."
+            )
+        return cls(
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            target_accept=float(target_accept),
+            dense_mass=bool(dense_mass),
+            adapt_mass_matrix=adapt_mass_matrix,
+            chain_axis=chain_axis,
+            jitter=float(jitter),
+            sample_theta=sample_theta,
+            save_warmup=save_warmup,
+            chain_method=chain_method,
+            chunk_size=chunk_size,
+            model_is_marginal=model_is_marginal,
+        )

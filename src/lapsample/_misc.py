@@ -90,6 +90,14 @@ def closure_convert(fn: Callable, *example_args) -> Callable:
     return eqx.filter_closure_convert(fn, *example_args)
 
 
+def keep_warm_start(theta: PyTree, theta_guess: PyTree | None) -> PyTree:
+    """`theta`, or the warm start `theta_guess` where `theta` is not finite: a
+    failed solve must not poison the next warm start."""
+    if theta is None or theta_guess is None:
+        return theta
+    return tree_where(all_finite(theta), theta, theta_guess)
+
+
 def all_finite(tree: PyTree) -> Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree)]
     if len(leaves) == 0:

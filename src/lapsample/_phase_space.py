@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._marginal.base import AbstractMarginal, MarginalAux
-from ._misc import all_finite, tree_where, TreeRaveller
+from ._misc import all_finite, keep_warm_start, TreeRaveller
 from ._results import RESULTS
 
 
@@ -56,12 +56,8 @@ class FlatLogDensity(eqx.Module):
             RESULTS.nonfinite_log_density,
         )
         ok = result == RESULTS.successful
-        theta_star = aux.theta_star
-        if theta_star is not None and theta_guess is not None:
-            # A failed solve must not poison the next warm start.
-            theta_star = tree_where(all_finite(theta_star), theta_star, theta_guess)
         aux = MarginalAux(
-            theta_star=theta_star,
+            theta_star=keep_warm_start(aux.theta_star, theta_guess),
             result=result,
             num_steps=jnp.asarray(aux.num_steps, jnp.int32),
         )

@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 from .._custom_types import FlatFn
 from .._hessian.base import AbstractHessianStrategy
 from .._inner import AbstractInnerSolver
-from .._misc import all_finite
+from .._misc import keep_warm_start
 from .._results import RESULTS
 
 
@@ -21,19 +21,24 @@ def _value(fn, theta, phi, hessian, factor):
     return -fn(theta, phi) - 0.5 * hessian.logdet(factor) + d * half_log_2pi
 
 
-def _forward(phi, fn: FlatFn, theta0, inner: AbstractInnerSolver, hessian):
-    sol = inner.solve(fn, theta0, phi, hessian)
-    ok = sol.result == RESULTS.successful
-    value = _value(fn, sol.theta, phi, hessian, sol.factor)
-    ok = ok & jnp.isfinite(value)
+def finish_forward(value, theta, result, theta_guess):
+    """The one epilogue of every Laplace marginal's forward pass: a solve that
+    failed, or a value that is not finite, gives `-inf` with its `RESULTS` code
+    (`nonfinite_log_density` if the solve itself succeeded), and the returned mode
+    falls back to the warm start where it is not finite. Returns `(value, theta,
+    result, ok)`."""
+    ok = (result == RESULTS.successful) & jnp.isfinite(value)
     result = RESULTS.where(
-        ok | (sol.result != RESULTS.successful),
-        sol.result,
-        RESULTS.nonfinite_log_density,
+        ok | (result != RESULTS.successful), result, RESULTS.nonfinite_log_density
     )
     value = jnp.where(ok, value, -jnp.inf)
-    # A failed solve must not poison the next warm start.
-    theta = jnp.where(all_finite(sol.theta), sol.theta, theta0)
+    return value, keep_warm_start(theta, theta_guess), result, ok
+
+
+def _forward(phi, fn: FlatFn, theta0, inner: AbstractInnerSolver, hessian):
+    sol = inner.solve(fn, theta0, phi, hessian)
+    value = _value(fn, sol.theta, phi, hessian, sol.factor)
+    value, theta, result, ok = finish_forward(value, sol.theta, sol.result, theta0)
     return (value, theta, result, sol.num_steps), (sol.theta, sol.factor, ok)
 
 

@@ -62,6 +62,7 @@ from .._linalg.banded import (
 )
 from .._misc import default_tolerance
 from .._results import RESULTS
+from .ad import finish_forward
 from .base import (
     AbstractLaplaceMarginal,
     LaplaceConditional,
@@ -112,16 +113,7 @@ def _forward(phi, fns, lik, theta_guess, settings):
         value, a, theta, factor, result, num_steps = newton_cov(
             lik, params, mat, mean, theta_guess, settings
         )
-    ok = (result == RESULTS.successful) & jnp.isfinite(value)
-    result = RESULTS.where(
-        ok | (result != RESULTS.successful), result, RESULTS.nonfinite_log_density
-    )
-    value = jnp.where(ok, value, -jnp.inf)
-    finite = jnp.all(jnp.isfinite(theta))
-    theta_out = theta
-    if theta_guess is not None:
-        # A failed solve must not poison the next warm start.
-        theta_out = jnp.where(finite, theta, theta_guess)
+    value, theta_out, result, ok = finish_forward(value, theta, result, theta_guess)
     return (value, theta_out, result, num_steps), (theta, a, factor, ok)
 
 

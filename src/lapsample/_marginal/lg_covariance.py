@@ -2,14 +2,12 @@
 `B = I + W½ K W½` (Rasmussen & Williams, Alg. 3.1) and its cotangents (Alg. 5.1)."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Int
 
-from .._misc import max_abs
 from .._results import RESULTS
-from .lg_newton import backtrack, NewtonSettings
+from .lg_newton import damped_newton, NewtonSettings
 
 
 # --------------------------------------------------------------------------------
@@ -28,6 +26,11 @@ class _CovState(eqx.Module):
     ok: Bool[Array, ""]
     num_steps: Int[Array, ""]
     done: Bool[Array, ""]
+
+    @property
+    def step_vector(self) -> Array:
+        """The full Newton step in `theta`."""
+        return self.theta_new - self.theta
 
 
 def _cov_psi(lik, params, mean, a, theta):
@@ -81,60 +84,32 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
         a0 = jnp.where(use_guess, a_guess, a_zero)
         theta0 = jnp.where(use_guess, theta_guess_a, mean)
 
-    def acceptable(s):
-        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
-            s.value
-        )
-
-    def negligible(s):
-        return max_abs(s.theta_new - s.theta) <= settings.xtol * (1 + max_abs(s.theta))
-
     state = _cov_evaluate(
         lik, params, cov, mean, a0, theta0, jnp.array(0), jnp.array(False)
     )
-    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
 
-    def cond(s):
-        return ~s.done & (s.num_steps < settings.max_steps)
-
-    def body(s):
-        da = s.a_new - s.a
-        dtheta = s.theta_new - s.theta
-
-        def trial_value(step):
-            return _cov_psi(lik, params, mean, s.a + step * da, s.theta + step * dtheta)
-
-        step, accepted = backtrack(
-            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
+    def trial_value(s, step):
+        return _cov_psi(
+            lik,
+            params,
+            mean,
+            s.a + step * (s.a_new - s.a),
+            s.theta + step * s.step_vector,
         )
-        new = _cov_evaluate(
+
+    def move(s, step):
+        return _cov_evaluate(
             lik,
             params,
             cov,
             mean,
-            s.a + step * da,
-            s.theta + step * dtheta,
+            s.a + step * (s.a_new - s.a),
+            s.theta + step * s.step_vector,
             s.num_steps + 1,
             jnp.array(False),
         )
-        # Rounding has taken over when a full step stops shrinking the step (and
-        # the decrement is already small: early damped steps also do this).
-        stalled = (step == 1) & (
-            max_abs(new.theta_new - new.theta) > 0.5 * max_abs(dtheta)
-        )
-        new = eqx.tree_at(
-            lambda x: x.done,
-            new,
-            ~new.ok | negligible(new) | (stalled & acceptable(new)),
-        )
-        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
-        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
 
-    s = jax.lax.while_loop(cond, body, state)
-    converged = negligible(s) | acceptable(s)
-    result = RESULTS.where(
-        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
-    )
+    s, result = damped_newton(state, move, trial_value, settings, dtype)
     result = RESULTS.where(
         jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
     )

@@ -1,8 +1,14 @@
-"""The damped-Newton settings and line search shared by both latent-Gaussian forms."""
+"""The one damped-Newton loop of both latent-Gaussian forms, its settings and its
+line search. Each form supplies its state (a Module with `theta`, `value`,
+`decrement`, `step_vector`, `ok`, `num_steps`, `done`), how to move it, and the
+objective along a step."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+from .._misc import max_abs
+from .._results import RESULTS
 
 
 class NewtonSettings(eqx.Module):
@@ -38,3 +44,62 @@ def backtrack(trial_value, value, decrement, full, settings, dtype):
         ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
     )
     return step, armijo(step, trial) | (full & jnp.isfinite(trial))
+
+
+def damped_newton(state, move, trial_value, settings: NewtonSettings, dtype):
+    """Maximise the form's objective from `state` (already evaluated) by Newton
+    steps damped with `backtrack`.
+
+    - `move(s, step)`: the state evaluated at `s` moved by `step` times its Newton
+      step, with `num_steps + 1`;
+    - `trial_value(s, step)`: the objective there, without the rest of the state.
+
+    Stops when the step is negligible, when the decrement is within tolerance and a
+    full step no longer shrinks the next one (rounding has taken over), when an
+    evaluation fails, when no step length satisfies Armijo's condition, or after
+    `settings.max_steps` steps. Returns the final state and its `RESULTS` code
+    (`inner_solve_failed` unless converged).
+    """
+
+    def acceptable(s):
+        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
+            s.value
+        )
+
+    def negligible(s):
+        return max_abs(s.step_vector) <= settings.xtol * (1 + max_abs(s.theta))
+
+    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
+
+    def cond(s):
+        return ~s.done & (s.num_steps < settings.max_steps)
+
+    def body(s):
+        step, accepted = backtrack(
+            lambda t: trial_value(s, t),
+            s.value,
+            s.decrement,
+            acceptable(s),
+            settings,
+            dtype,
+        )
+        new = move(s, step)
+        # Rounding has taken over when a full step stops shrinking the step (and
+        # the decrement is already small: early damped steps also do this).
+        stalled = (step == 1) & (
+            max_abs(new.step_vector) > 0.5 * max_abs(s.step_vector)
+        )
+        new = eqx.tree_at(
+            lambda x: x.done,
+            new,
+            ~new.ok | negligible(new) | (stalled & acceptable(new)),
+        )
+        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
+        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
+
+    s = jax.lax.while_loop(cond, body, state)
+    converged = negligible(s) | acceptable(s)
+    result = RESULTS.where(
+        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
+    )
+    return s, result

@@ -2,7 +2,6 @@
 banded kernels, and its cotangents from the selected inverse."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
@@ -17,9 +16,8 @@ from .._linalg.banded import (
     blocks_inner,
     lower_bands_to_blocks,
 )
-from .._misc import max_abs
 from .._results import RESULTS
-from .lg_newton import backtrack, NewtonSettings
+from .lg_newton import damped_newton, NewtonSettings
 
 
 # --------------------------------------------------------------------------------
@@ -36,6 +34,11 @@ class _PrecState(eqx.Module):
     ok: Bool[Array, ""]
     num_steps: Int[Array, ""]
     done: Bool[Array, ""]
+
+    @property
+    def step_vector(self) -> Array:
+        """The full Newton step in `theta`."""
+        return self.direction
 
 
 def _prec_psi(lik, params, band, mean, theta):
@@ -78,47 +81,19 @@ def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
         )
         theta0 = jnp.where(use_guess, theta_guess, mean)
 
-    def acceptable(s):
-        return 0.5 * jnp.abs(s.decrement) <= settings.atol + settings.rtol * jnp.abs(
-            s.value
-        )
-
-    def negligible(s):
-        return max_abs(s.direction) <= settings.xtol * (1 + max_abs(s.theta))
-
     def evaluate(theta, num_steps):
         return _prec_evaluate(
             lik, params, band, q_blocks, mean, theta, num_steps, settings.associative
         )
 
+    def trial_value(s, step):
+        return _prec_psi(lik, params, band, mean, s.theta + step * s.direction)
+
+    def move(s, step):
+        return evaluate(s.theta + step * s.direction, s.num_steps + 1)
+
     state = evaluate(theta0, jnp.array(0))
-    state = eqx.tree_at(lambda s: s.done, state, ~state.ok | negligible(state))
-
-    def cond(s):
-        return ~s.done & (s.num_steps < settings.max_steps)
-
-    def body(s):
-        def trial_value(step):
-            return _prec_psi(lik, params, band, mean, s.theta + step * s.direction)
-
-        step, accepted = backtrack(
-            trial_value, s.value, s.decrement, acceptable(s), settings, dtype
-        )
-        new = evaluate(s.theta + step * s.direction, s.num_steps + 1)
-        stalled = (step == 1) & (max_abs(new.direction) > 0.5 * max_abs(s.direction))
-        new = eqx.tree_at(
-            lambda x: x.done,
-            new,
-            ~new.ok | negligible(new) | (stalled & acceptable(new)),
-        )
-        stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
-        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
-
-    s = jax.lax.while_loop(cond, body, state)
-    converged = negligible(s) | acceptable(s)
-    result = RESULTS.where(
-        converged & s.ok, RESULTS.successful, RESULTS.inner_solve_failed
-    )
+    s, result = damped_newton(state, move, trial_value, settings, dtype)
     prior_factor, prior_ok = banded_factorise(
         *q_blocks, band.shape[1], associative=settings.associative
     )

@@ -15,6 +15,7 @@ from ._hessian.base import (
     AbstractStructuredHessian,
     factorise_and_solve,
 )
+from ._linesearch import backtracking_armijo
 from ._misc import default_tolerance, max_abs, tree_where
 from ._results import RESULTS
 
@@ -167,35 +168,21 @@ class Newton(AbstractInnerSolver):
             # `fn`, and Armijo's test would only compare noise (and halve the step
             # to nothing); there the full step is taken unless it visibly
             # increases `fn`.
-            near = acceptable(c.value, c.decrement)
-            slack = 16 * eps * (1 + jnp.abs(c.value))
-
-            def armijo(step, trial):
-                bound = c.value - 1e-4 * step * c.decrement
-                bound = jnp.where(near, jnp.maximum(bound, c.value + slack), bound)
-                return jnp.isfinite(trial) & (trial <= bound)
-
-            def ls_cond(ls):
-                step, trial, k = ls
-                return ~armijo(step, trial) & (k < self.max_backtracks)
-
-            def ls_body(ls):
-                step, _, k = ls
-                step = 0.5 * step
-                return step, fn(c.theta + step * c.direction, phi), k + 1
-
-            one = jnp.array(1.0, dtype)
-            init = (one, fn(c.theta + c.direction, phi), jnp.array(0))
-            step, trial, _ = jax.lax.while_loop(ls_cond, ls_body, init)
-            accepted = armijo(step, trial)
+            step, accepted = backtracking_armijo(
+                lambda t: fn(c.theta + t * c.direction, phi),
+                c.value,
+                c.decrement,
+                acceptable(c.value, c.decrement),
+                self.max_backtracks,
+            )
             theta = c.theta + step * c.direction
             value, grad, factor, direction, decrement, ok = evaluate(theta)
             # Rounding has taken over when a full-length step stops shrinking the
-            # step: stop there (success is then judged by the decrement).
-            # Far from the mode (large latents, damped steps) the largest entry of
-            # the step need not halve, so this only stops a solve that is already
+            # step: stop there (success is then judged by the decrement). Far
+            # from the mode (large latents, damped steps) the largest entry of the
+            # step need not halve, so this only stops a solve that is already
             # acceptable.
-            stalled = max_abs(direction) > 0.5 * max_abs(c.direction)
+            stalled = (step == 1) & (max_abs(direction) > 0.5 * max_abs(c.direction))
             stalled = stalled & acceptable(value, decrement)
             new = _NewtonCarry(
                 theta=theta,

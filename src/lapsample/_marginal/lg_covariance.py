@@ -109,7 +109,7 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
             jnp.array(False),
         )
 
-    s, result = damped_newton(state, move, trial_value, settings, dtype)
+    s, result = damped_newton(state, move, trial_value, settings)
     result = RESULTS.where(
         jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
     )

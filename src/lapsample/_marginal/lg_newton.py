@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._linesearch import backtracking_armijo
 from .._misc import max_abs
 from .._results import RESULTS
 
@@ -21,34 +22,9 @@ class NewtonSettings(eqx.Module):
     associative: bool = eqx.field(static=True)
 
 
-def backtrack(trial_value, value, decrement, full, settings, dtype):
-    """Halve the step from 1 until Armijo's condition holds for the maximised
-    objective; returns `(step, accepted)`. With `full` (the decrement is already
-    within tolerance, so the objective's change is rounding noise) the full step is
-    taken if finite, rather than creeping along on noise."""
-
-    def armijo(step, trial):
-        return jnp.isfinite(trial) & (trial >= value + 1e-4 * step * decrement)
-
-    def ls_cond(ls):
-        step, trial, k = ls
-        return ~full & ~armijo(step, trial) & (k < settings.max_backtracks)
-
-    def ls_body(ls):
-        step, _, k = ls
-        step = 0.5 * step
-        return step, trial_value(step), k + 1
-
-    one = jnp.ones((), dtype)
-    step, trial, _ = jax.lax.while_loop(
-        ls_cond, ls_body, (one, trial_value(one), jnp.array(0))
-    )
-    return step, armijo(step, trial) | (full & jnp.isfinite(trial))
-
-
-def damped_newton(state, move, trial_value, settings: NewtonSettings, dtype):
+def damped_newton(state, move, trial_value, settings: NewtonSettings):
     """Maximise the form's objective from `state` (already evaluated) by Newton
-    steps damped with `backtrack`.
+    steps damped by the shared backtracking Armijo search.
 
     - `move(s, step)`: the state evaluated at `s` moved by `step` times its Newton
       step, with `num_steps + 1`;
@@ -75,13 +51,13 @@ def damped_newton(state, move, trial_value, settings: NewtonSettings, dtype):
         return ~s.done & (s.num_steps < settings.max_steps)
 
     def body(s):
-        step, accepted = backtrack(
-            lambda t: trial_value(s, t),
-            s.value,
+        # The objective is maximised: the search minimises its negative.
+        step, accepted = backtracking_armijo(
+            lambda t: -trial_value(s, t),
+            -s.value,
             s.decrement,
             acceptable(s),
-            settings,
-            dtype,
+            settings.max_backtracks,
         )
         new = move(s, step)
         # Rounding has taken over when a full step stops shrinking the step (and

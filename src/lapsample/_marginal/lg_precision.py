@@ -69,7 +69,6 @@ def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps, associat
 
 
 def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
-    dtype = band.dtype
     q_blocks = lower_bands_to_blocks(band)
     psi_mean = _prec_psi(lik, params, band, mean, mean)
     if theta_guess is None:
@@ -93,7 +92,7 @@ def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
         return evaluate(s.theta + step * s.direction, s.num_steps + 1)
 
     state = evaluate(theta0, jnp.array(0))
-    s, result = damped_newton(state, move, trial_value, settings, dtype)
+    s, result = damped_newton(state, move, trial_value, settings)
     prior_factor, prior_ok = banded_factorise(
         *q_blocks, band.shape[1], associative=settings.associative
     )

@@ -420,7 +420,7 @@ def add_to_block_diagonal(diag: Array, vector: Array) -> Array:
 # --------------------------------------------------------------------------------
 # Banded precision: lower-band storage, `band[k, i] = Q[i + k, i]` for k = 0..b (the
 # last k entries of row k are ignored). Factorisations, solves and the selected
-# inverse are those of `BandedHessian` (`_structured.py`), on the blocks of
+# inverse are those of `BandedHessian` (this module), on the blocks of
 # `lower_bands_to_blocks`.
 # --------------------------------------------------------------------------------
 

@@ -21,12 +21,27 @@ stochastic_volatility.py), float64 on CPU. Prints three tables:
     python benchmarks/structured.py              # everything
     python benchmarks/structured.py --skip-ess   # tables 1 and 2 only
     python benchmarks/structured.py --only-recurrences   # table 2c (e.g. on a GPU)
+    python benchmarks/structured.py --large      # table 4 alone: T = 10⁶ and 10⁷
+
+4. (`--large`) T = 1,000,000 and 10,000,000 latents on one CPU core: the SV value+grad
+   with `BandedHessian(1)` and as a `LatentGaussianMarginal` (AR(1) precision), each
+   size and form in a fresh subprocess (run with
+   `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false OPENBLAS_NUM_THREADS=1`): peak
+   resident memory of that process after the data (`data GiB`), after the
+   value+grad (`peak GiB`) and after the parts too (`all GiB`), wall and CPU seconds
+   per compiled value+grad
+   (median of 3, warm-started at the mode of a nearby phi), the cold start and
+   compilation, and for the banded form the parts separately (the model's own
+   value+gradient, the 4 Hessian-vector products, the tridiagonal factorisation,
+   a solve, the selected inverse); the load average beside each row.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import resource
+import subprocess
 import sys
 import time
 
@@ -49,6 +64,11 @@ import equinox as eqx
 import numpy as np
 
 import lapsample
+from lapsample._linalg.banded import (
+    band_selected_inverse,
+    banded_factorise,
+    banded_solve,
+)
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,6 +80,7 @@ from stochastic_volatility import (  # noqa: E402
     PHI_INIT,
     PHI_NAMES,
     simulate,
+    SVLogJoint,
 )
 
 
@@ -305,14 +326,168 @@ def ess_per_second(num_warmup=1000, num_samples=1000, num_chains=4):
     return rates
 
 
+# --------------------------------------------------------------------------------
+# 4. T = 10⁶ and 10⁷ on one CPU core (each size and form in a fresh process).
+# --------------------------------------------------------------------------------
+
+LARGE_SIZES = (1_000_000, 10_000_000)
+_LARGE_FORMS = ("banded", "latent-Gaussian")
+
+
+def _clock(fn, *args, repeats=3):
+    """Median wall seconds and mean CPU seconds (user + system, every thread) per
+    call of a compiled `fn`, after one call that compiles it."""
+    jax.block_until_ready(fn(*args))
+    walls, cpus = [], []
+    for _ in range(repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return float(np.median(walls)), float(np.mean(cpus))
+
+
+def _banded_parts(y, phi, theta):
+    """Seconds (wall, CPU) of the pieces of a banded value+grad at `theta`."""
+    log_joint = SVLogJoint(jax.numpy.asarray(y))
+
+    def fn(t, p):
+        return -log_joint(t, p)
+
+    size = theta.shape[0]
+    parts = {}
+    parts["model value+grad"] = _clock(jax.jit(jax.value_and_grad(fn)), theta, phi)
+
+    @jax.jit
+    def probes(theta, phi):
+        # The 3 coloured probes of bandwidth 1 and the structure check's one, as
+        # `BandedHessian` batches them: forward over reverse, vmapped.
+        vectors = jax.numpy.stack(
+            [(jax.numpy.arange(size) % 3 == c).astype(theta.dtype) for c in range(3)]
+            + [jax.numpy.cos(jax.numpy.arange(size, dtype=theta.dtype))]
+        )
+        grad = jax.grad(fn)
+        return jax.vmap(lambda v: jax.jvp(lambda t: grad(t, phi), (theta,), (v,))[1])(
+            vectors
+        )
+
+    parts["4 HVPs"] = _clock(probes, theta, phi)
+    diag = jax.numpy.full((size, 1, 1), 2.0) + 1e-3 * theta[:, None, None]
+    sub = jax.numpy.full((size, 1, 1), -0.9)
+
+    @jax.jit
+    def factorise(diag, sub):
+        return banded_factorise(diag, sub, size)[0]
+
+    parts["factorise"] = _clock(factorise, diag, sub)
+    factor = factorise(diag, sub)
+    parts["solve"] = _clock(jax.jit(banded_solve), factor, theta)
+    parts["selected inverse"] = _clock(jax.jit(band_selected_inverse), factor)
+    return parts
+
+
+def large_child(num_steps: int, form: str):
+    """One row of table 4, printed as JSON (run in a fresh process)."""
+    load_start = os.getloadavg()[0]
+    y = simulate(num_steps)
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    marginal = marginal_for(y) if form == "banded" else latent_gaussian_marginal_for(y)
+    start = time.perf_counter()
+    out = _value_and_grad(marginal, PHI_INIT, marginal.theta_init)
+    jax.block_until_ready(out)
+    cold = time.perf_counter() - start  # compilation + a cold solve
+    (_, aux), _ = out
+    cold_steps = int(aux.num_steps)
+    phi = PHI_INIT + 1e-3
+    theta = aux.theta_star
+    wall, cpu = _clock(_value_and_grad, marginal, phi, theta)
+    (value, warm), grad = _value_and_grad(marginal, phi, theta)
+    assert warm.result == lapsample.RESULTS.successful, warm.result
+    rss_value_grad = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row = dict(
+        T=num_steps,
+        form=form,
+        wall=wall,
+        cpu=cpu,
+        newton_steps=int(warm.num_steps),
+        cold=cold,
+        cold_steps=cold_steps,
+        value=float(value),
+        grad=np.asarray(grad).tolist(),
+        rss_data_gib=rss_data,
+        rss_value_grad_gib=rss_value_grad,
+    )
+    if form == "banded":
+        row["parts"] = _banded_parts(y, phi, theta)
+    row["rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row["load"] = (load_start, os.getloadavg()[0])
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def large_t(sizes=LARGE_SIZES):
+    print(
+        "== 4. SV value+grad at large T, one CPU core (each row a fresh process; "
+        "warm start at the mode of a nearby phi, median of 3) =="
+    )
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=1"
+    )
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    print(f"XLA_FLAGS={env['XLA_FLAGS']} OPENBLAS_NUM_THREADS=1, {os.cpu_count()} CPUs")
+    print(
+        f"{'T':>11} {'form':16} {'wall s':>7} {'CPU s':>6} {'Newton':>6} "
+        f"{'peak GiB':>8} {'data GiB':>8} {'all GiB':>8} {'cold s':>7} "
+        f"{'load 1m':>11}"
+    )
+    rows = []
+    for t in sizes:
+        for form in _LARGE_FORMS:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--large-child", str(t), form],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("ROW ")]
+            if proc.returncode != 0 or not lines:
+                print(f"{t:>11,} {form:16} failed: {proc.stderr[-2000:]}")
+                continue
+            row = json.loads(lines[0][4:])
+            rows.append(row)
+            print(
+                f"{t:>11,} {form:16} {row['wall']:>7.2f} {row['cpu']:>6.2f} "
+                f"{row['newton_steps']:>6} {row['rss_value_grad_gib']:>8.2f} "
+                f"{row['rss_data_gib']:>8.2f} {row['rss_gib']:>8.2f} "
+                f"{row['cold']:>7.1f} "
+                f"{row['load'][0]:>5.2f}-{row['load'][1]:<5.2f}"
+            )
+            for name, (wall, cpu) in row.get("parts", {}).items():
+                print(f"{'':11}   {name:24} {wall:>7.3f} s wall, {cpu:>6.3f} s CPU")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-ess", action="store_true")
     parser.add_argument(
         "--only-recurrences", action="store_true", help="table 2c alone (for a GPU)"
     )
+    parser.add_argument(
+        "--large", action="store_true", help="table 4 alone (T = 10⁶ and 10⁷)"
+    )
+    parser.add_argument(
+        "--large-sizes", type=int, nargs="+", default=LARGE_SIZES, help="for --large"
+    )
+    parser.add_argument("--large-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.large_child:
+        large_child(int(args.large_child[0]), args.large_child[1])
+        return
     print(f"jax {jax.__version__}, devices {jax.devices()}")
+    if args.large:
+        large_t(args.large_sizes)
+        return
     if args.only_recurrences:
         recurrence_forms()
         return

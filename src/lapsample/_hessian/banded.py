@@ -53,13 +53,15 @@ def _band_blocks(products: Array, d: int, b: int):
     nb = -(-d // b)
     pad = nb * b - d
     rows = jnp.pad(products, ((0, 0), (0, pad))).reshape(c, nb, b)
-    columns = np.pad(_band_pattern(d, b), ((0, 0), (0, pad)))
-    columns = jnp.asarray(columns.reshape(c, nb, b), products.dtype)
+    # Patterns of length d are computed (iota), not embedded as constants: at
+    # d = 10⁷ constants cost hundreds of MB and seconds of compilation.
+    columns = jnp.pad(band_probes(d, b, products.dtype), ((0, 0), (0, pad)))
+    columns = columns.reshape(c, nb, b)
     # diag[I, p, q] = A[I b + p, I b + q].
     diag = _colour_sum(rows, columns)
     # The padding entries (past d) get an identity block: decoupled, log det 0.
-    padded = np.arange(nb * b).reshape(nb, b) >= d
-    diag = diag + jnp.asarray(padded[:, :, None] * np.eye(b, dtype=bool), diag.dtype)
+    padded = jnp.arange(nb * b).reshape(nb, b) >= d
+    diag = diag + (padded[:, :, None] & np.eye(b, dtype=bool)).astype(diag.dtype)
     # sub[I, p, q] = A[(I+1) b + p, I b + q], inside the band only for p <= q; the
     # last one lies outside the matrix and is zero.
     next_rows = jnp.concatenate([rows[:, 1:], jnp.zeros_like(rows[:, :1])], axis=1)
@@ -68,14 +70,10 @@ def _band_blocks(products: Array, d: int, b: int):
     return diag, sub
 
 
-def _band_pattern(d: int, b: int) -> np.ndarray:
-    """`(2b+1, d)` booleans: probe `c` covers the columns `j ≡ c (mod 2b+1)`."""
-    c = 2 * b + 1
-    return np.arange(d)[None, :] % c == np.arange(c)[:, None]
-
-
 def band_probes(d: int, b: int, dtype) -> Array:
-    return jnp.asarray(_band_pattern(d, b), dtype)
+    """`(2b+1, d)` zeros and ones: probe `c` covers the columns `j ≡ c (mod 2b+1)`."""
+    c = 2 * b + 1
+    return (jnp.arange(d)[None, :] % c == jnp.arange(c)[:, None]).astype(dtype)
 
 
 class BandedHessian(AbstractStructuredHessian):

@@ -67,3 +67,10 @@ def to_host(tree):
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jtu.tree_map(fetch, tree)
+
+
+def wait_for_every_process(name: str) -> None:
+    """A barrier across the processes of a multi-process run (nothing in a run of
+    one process): no process passes it before every process has reached it."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -106,9 +106,12 @@ def sample(
     `sample` spreads the chains over all of them (`num_chains` must then be a
     multiple of the total number of devices). Run the same script, with the same
     key and arguments, on every host: every process receives the complete results.
-    Only process 0 shows the progress bar and writes the checkpoint, so put the
-    checkpoint on a file system process 0 can write to, and resume the same way
-    (every process calls `resume` with the same file).
+    Only process 0 shows the progress bar and writes the checkpoint (the others
+    wait for its last write), so put the checkpoint on a file system that process 0
+    can write to and every process can read, and resume the same way (every process
+    calls `resume` with the same file). On CPUs, set
+    `jax.config.update("jax_cpu_collectives_implementation", "gloo")` before
+    `jax.distributed.initialize`; `docs/workflow.md` has a SLURM example.
 
     **Progress.** The chains advance in compiled chunks of `chunk_size`
     iterations (default: about 50 chunks per run) driven from Python. A `tqdm`

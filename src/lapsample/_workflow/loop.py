@@ -13,7 +13,7 @@ from .._trajectory import AbstractDynamicTrajectory
 from . import checkpoint as checkpoint_file
 from .adaptation import initial_inverse_mass_matrix
 from .chains import advance_chains, advance_chains_impl, setup_chains, setup_chains_impl
-from .devices import choose_mesh, place_on_mesh, to_host
+from .devices import choose_mesh, place_on_mesh, to_host, wait_for_every_process
 from .progress import progress_meter
 from .schedule import MIN_WARMUP_FOR_MASS, schedule_flags, StepFlags
 from .settings import inverse_mass_array, jitter_positions, RunSettings
@@ -264,6 +264,11 @@ def run_loop(
                     warmup,
                     dict(warmup_divergences=warmup_divergences.tolist()),
                 )
+        if checkpoint is not None:
+            # Only process 0 writes: the others wait for its last checkpoint, so that
+            # on every process the file is final when `sample` returns (a `resume`
+            # that follows reads the same file everywhere).
+            wait_for_every_process("lapsample checkpoint written")
     finally:
         progress.close()
 

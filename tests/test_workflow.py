@@ -105,8 +105,12 @@ def seed_results(children):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A persistent compilation cache shared by the subprocesses of this module."""
+def cache_dir(tmp_path_factory, subprocess_cache_dir):
+    """A persistent compilation cache shared by the subprocesses of this module:
+    the session's one for subprocesses (kept between sessions, see conftest.py), or
+    a fresh one."""
+    if subprocess_cache_dir is not None:
+        return subprocess_cache_dir
     return tmp_path_factory.mktemp("jax_cache")
 
 
@@ -213,6 +217,7 @@ def _child_env(cache_dir, **extra):
     # too would fail its allocation and print about it.
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env

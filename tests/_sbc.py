@@ -36,8 +36,7 @@ from lapsample._adaptation import (
     welford_init,
 )
 
-from ._sampler_helpers import EightSchoolsLogJoint, import_arviz
-from .helpers import SeedModel
+from .helpers import EightSchoolsLogJoint, import_arviz, SeedModel
 
 
 jax.config.update("jax_enable_x64", True)

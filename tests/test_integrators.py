@@ -10,12 +10,12 @@ import pytest
 import lapsample as ls
 from lapsample._misc import TreeRaveller
 
-from ._sampler_helpers import (
+from .helpers import (
     CORRELATED_COV,
     correlated_gaussian,
     seed_data,
     SEED_N,
-    SeedLogJoint,
+    SeedModel,
 )
 
 
@@ -81,7 +81,7 @@ def test_reversible_laplace(integrator):
     # Each evaluation is warm-started from the previous theta*, so the log density
     # depends on the path only through the inner solver's error (Newton to
     # eps**0.75, then one more quadratic step): reversibility holds to ~1e-10.
-    marginal = ls.LaplaceMarginal(SeedLogJoint(seed_data()), jnp.zeros(SEED_N))
+    marginal = ls.LaplaceMarginal(SeedModel(seed_data()), jnp.zeros(SEED_N))
     logdensity = _flat(marginal, jnp.zeros(()))
     metric = ls.DiagonalMetric(jnp.ones(1))
     start = _start(logdensity, metric, jr.key(1), jnp.array([0.6]))

@@ -19,12 +19,13 @@ import pytest
 
 import lapsample as ls
 
-from ._sampler_helpers import (
+from .helpers import (
     eight_schools_json,
+    eight_schools_z_scores,
     EightSchoolsLogJoint,
+    shared_json,
     Z_MAX,
 )
-from .helpers import shared_json
 
 
 numpyro = pytest.importorskip("numpyro")
@@ -292,8 +293,6 @@ def test_eight_schools_centred_matches_posteriordb():
     # shared/posteriordb/README.md: z = (g_new - g_ref) / √(m_new² + m_ref²) for g
     # = mean, sd, 5% and 95% quantiles of mu, log tau and theta, m their MCSEs,
     # after requiring ESS ≥ 400 and R-hat < 1.01 (eight_schools_z_scores).
-    from ._sampler_helpers import eight_schools_z_scores
-
     data = eight_schools_json("data.json")
     summary = eight_schools_json("summary.json")["reference_summary"]
     sigma = np.asarray(data["sigma"], float)

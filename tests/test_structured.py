@@ -16,8 +16,13 @@ from lapsample._hessian import factor_result
 from lapsample._marginal import _NegativeLogJoint
 from lapsample._misc import TreeRaveller
 
-from ._sampler_helpers import check_mixing, mcse, Z_MAX
-from .helpers import central_difference_grad
+from .helpers import (
+    central_difference_grad,
+    check_mixing,
+    mcse,
+    value_and_grad,
+    Z_MAX,
+)
 
 
 # --------------------------------------------------------------------------------
@@ -137,9 +142,8 @@ CASES = {
 
 
 def _value_and_grad(marginal):
-    @jax.jit
     def run(phi):
-        (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(phi)
+        (value, aux), grad = value_and_grad(marginal, phi)
         return value, grad, aux
 
     return run

@@ -32,13 +32,13 @@ import lapsample as ls
 from lapsample import _adaptation, _checkpoint, _run
 from lapsample._results_object import variable_names
 
-from ._sampler_helpers import (
+from .helpers import (
     CORRELATED_COV,
     correlated_gaussian,
     import_arviz,
     seed_data,
     SEED_N,
-    SeedLogJoint,
+    SeedModel,
 )
 
 
@@ -80,7 +80,7 @@ _SEED_ADVANCE_JIT = eqx.filter_jit(_SEED_ADVANCE)
 
 def _seed_marginal(y=None):
     y = seed_data() if y is None else y
-    return ls.LaplaceMarginal(SeedLogJoint(y), jnp.zeros(SEED_N))
+    return ls.LaplaceMarginal(SeedModel(y), jnp.zeros(SEED_N))
 
 
 def _seed_sample(key=SEED_KEY, marginal=None, start=SEED_START, **overrides):
@@ -231,8 +231,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import lapsample as ls
-from tests._sampler_helpers import SeedLogJoint, seed_data, SEED_N
-marginal = ls.LaplaceMarginal(SeedLogJoint(seed_data()), jnp.zeros(SEED_N))
+from tests.helpers import SeedModel, seed_data, SEED_N
+marginal = ls.LaplaceMarginal(SeedModel(seed_data()), jnp.zeros(SEED_N))
 """
 
 
@@ -594,7 +594,7 @@ def test_fingerprint():
     assert a == _checkpoint.model_fingerprint(_seed_marginal())
     assert a != _checkpoint.model_fingerprint(_seed_marginal(seed_data() * 2))
     y = seed_data()
-    shorter = ls.LaplaceMarginal(SeedLogJoint(y[:-1]), jnp.zeros(SEED_N - 1))
+    shorter = ls.LaplaceMarginal(SeedModel(y[:-1]), jnp.zeros(SEED_N - 1))
     assert a != _checkpoint.model_fingerprint(shorter)
 
     # Data held in a closure counts too.

@@ -122,7 +122,7 @@ def test_sample_takes_the_model_and_names_the_sites(schools, tmp_path):
 
 def _random_points(key, num, theta_fn, phi_fn):
     keys = jr.split(key, num)
-    return jax.vmap(theta_fn)(keys), jax.vmap(phi_fn)(keys)
+    return jax.jit(jax.vmap(theta_fn))(keys), jax.jit(jax.vmap(phi_fn))(keys)
 
 
 def test_log_joint_matches_hand_written(schools, getkey):
@@ -135,7 +135,7 @@ def test_log_joint_matches_hand_written(schools, getkey):
         lambda k: {"mu": 5.0 * jr.normal(jr.fold_in(k, 1)), "tau": jr.normal(k)},
     )
     got = jax.jit(jax.vmap(schools.marginal.log_joint))(theta, phi)
-    expected = jax.vmap(by_hand)(
+    expected = jax.jit(jax.vmap(by_hand))(
         theta["theta"], jnp.stack([phi["mu"], phi["tau"]], axis=-1)
     )
     np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -151,7 +151,7 @@ def test_log_joint_matches_hand_written(schools, getkey):
         lambda k: {"s": jr.normal(jr.fold_in(k, 1)), "m": jr.normal(k)},
     )
     got = jax.jit(jax.vmap(model.marginal.log_joint))(theta, phi)
-    expected = jax.vmap(poisson_lognormal_log_joint)(theta, phi)
+    expected = jax.jit(jax.vmap(poisson_lognormal_log_joint))(theta, phi)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 

@@ -35,8 +35,7 @@ from lapsample._workflow.adaptation import (
 )
 from lapsample._workflow.schedule import schedule_flags, StepFlags
 
-from ._sampler_helpers import EightSchoolsLogJoint, import_arviz
-from .helpers import SeedModel
+from .helpers import EightSchoolsLogJoint, import_arviz, SeedModel
 
 
 jax.config.update("jax_enable_x64", True)

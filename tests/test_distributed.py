@@ -65,7 +65,7 @@ import jax.random as jr
 import numpy as np
 import lapsample as ls
 from lapsample._workflow import checkpoint as _checkpoint
-from tests._sampler_helpers import SeedLogJoint, seed_data
+from tests.helpers import SeedModel, seed_data
 
 assert jax.process_count() == num_processes
 assert len(jax.devices()) == 2 * num_processes if num_processes > 1 else 1
@@ -81,7 +81,7 @@ def counted_write(target, header, arrays):
         shutil.copy(target, mid)
 _checkpoint.write = counted_write
 
-marginal = ls.LaplaceMarginal(SeedLogJoint(seed_data(5)), jnp.zeros(5))
+marginal = ls.LaplaceMarginal(SeedModel(seed_data(5)), jnp.zeros(5))
 settings = SETTINGS
 checkpoint = path if num_processes > 1 else None
 full = ls.sample(jr.key(KEY), marginal, jnp.array(START), checkpoint=checkpoint,

@@ -51,7 +51,7 @@ def test_examples_exist():
 
 
 @pytest.mark.parametrize("path", _example_params())
-def test_example_runs(path: pathlib.Path, tmp_path: pathlib.Path):
+def test_example_runs(path: pathlib.Path, tmp_path: pathlib.Path, subprocess_cache_dir):
     source = path.read_text()
     command = [sys.executable, str(path)]
     if '"--quick"' in source:
@@ -59,10 +59,15 @@ def test_example_runs(path: pathlib.Path, tmp_path: pathlib.Path):
     figure = tmp_path / f"{path.stem}.png"
     if '"--figure"' in source:
         command += ["--figure", str(figure)]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    if subprocess_cache_dir is not None:
+        # Compiled programs are kept between test sessions (see conftest.py).
+        env["JAX_COMPILATION_CACHE_DIR"] = str(subprocess_cache_dir)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     proc = subprocess.run(
         command,
         cwd=tmp_path,
-        env=dict(os.environ, MPLBACKEND="Agg"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,

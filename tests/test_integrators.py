@@ -10,12 +10,12 @@ import pytest
 import lapsample as ls
 from lapsample._misc import TreeRaveller
 
-from ._sampler_helpers import (
+from .helpers import (
     CORRELATED_COV,
     correlated_gaussian,
     seed_data,
     SEED_N,
-    SeedLogJoint,
+    SeedModel,
 )
 
 
@@ -81,7 +81,7 @@ def test_reversible_laplace(integrator):
     # Each evaluation is warm-started from the previous theta*, so the log density
     # depends on the path only through the inner solver's error (Newton to
     # eps**0.75, then one more quadratic step): reversibility holds to ~1e-10.
-    marginal = ls.LaplaceMarginal(SeedLogJoint(seed_data()), jnp.zeros(SEED_N))
+    marginal = ls.LaplaceMarginal(SeedModel(seed_data()), jnp.zeros(SEED_N))
     logdensity = _flat(marginal, jnp.zeros(()))
     metric = ls.DiagonalMetric(jnp.ones(1))
     start = _start(logdensity, metric, jr.key(1), jnp.array([0.6]))
@@ -137,6 +137,11 @@ def test_num_evaluations():
     assert sum(ls.McLachlan().coefficients[1::2]) == pytest.approx(1.0)
 
 
+@eqx.filter_jit
+def _step(integrator, logdensity, metric, point, step_size):
+    return integrator.step(logdensity, metric, point, step_size)
+
+
 def test_failed_evaluation_is_marked():
     # A NaN log density (here beyond x = 1) gives -inf, a zero gradient and a
     # failure code, so the step can only be rejected.
@@ -145,9 +150,9 @@ def test_failed_evaluation_is_marked():
 
     logdensity = _flat(ls.PlainDensity(logp), jnp.zeros(1))
     metric = ls.DiagonalMetric(1.0)
-    point = logdensity.point(jnp.array([0.9]), jnp.array([3.0]), None)
+    point = eqx.filter_jit(logdensity.point)(jnp.array([0.9]), jnp.array([3.0]), None)
     for integrator in INTEGRATORS:
-        new, failures = integrator.step(logdensity, metric, point, jnp.asarray(0.2))
+        new, failures = _step(integrator, logdensity, metric, point, jnp.asarray(0.2))
         assert int(failures) >= 1
         assert new.logdensity == -jnp.inf
         assert np.all(np.isfinite(new.logdensity_grad))
@@ -167,10 +172,10 @@ def test_metric_momentum_covariance():
     mass = np.linalg.inv(inverse_mass)
     metric = ls.DenseMetric(inverse_mass)
     keys = jr.split(jr.key(4), 40_000)
-    draws = jax.vmap(lambda k: metric.sample_momentum(k, jnp.zeros(2)))(keys)
+    draws = jax.jit(jax.vmap(lambda k: metric.sample_momentum(k, jnp.zeros(2))))(keys)
     np.testing.assert_allclose(np.cov(draws.T), mass, rtol=0.05, atol=0.02)
     diagonal = ls.DiagonalMetric(jnp.array([4.0, 0.25]))
-    draws = jax.vmap(lambda k: diagonal.sample_momentum(k, jnp.zeros(2)))(keys)
+    draws = jax.jit(jax.vmap(lambda k: diagonal.sample_momentum(k, jnp.zeros(2))))(keys)
     np.testing.assert_allclose(np.var(draws, 0), [0.25, 4.0], rtol=0.05)
 
 

@@ -16,8 +16,13 @@ import pytest
 
 import lapsample as ls
 
-from ._sampler_helpers import check_mixing, mcse
-from .helpers import central_difference_grad, disease_map_100, shared_json
+from .helpers import (
+    central_difference_grad,
+    check_mixing,
+    disease_map_100,
+    mcse,
+    shared_json,
+)
 
 
 # --------------------------------------------------------------------------------
@@ -61,11 +66,10 @@ def _reference_log_density(name, lik, theta_i, i, params):
     return jstats.norm.logpdf(lik.y[i], theta_i, params)
 
 
-@pytest.mark.parametrize("name", LIKELIHOODS)
-def test_likelihood_derivatives_match_autodiff(name):
-    lik, params = _likelihood_cases()[name]
-    theta = _F + 0.2 * jnp.cos(_X)
-    value, d1, d2, d3 = lik.derivatives(theta, params)
+@eqx.filter_jit
+def _derivatives_and_autodiff(name, lik, theta, params):
+    """The likelihood's own derivatives and log density, and autodiff's of
+    `_reference_log_density` (one compilation for all of them)."""
 
     def term(t, i):
         return _reference_log_density(name, lik, t, i, params)
@@ -75,9 +79,20 @@ def test_likelihood_derivatives_match_autodiff(name):
     ref1 = jax.vmap(jax.grad(term))(theta, idx)
     ref2 = jax.vmap(jax.grad(jax.grad(term)))(theta, idx)
     ref3 = jax.vmap(jax.grad(jax.grad(jax.grad(term))))(theta, idx)
+    derivatives = lik.derivatives(theta, params)
+    return derivatives, (ref, ref1, ref2, ref3), lik.log_density(theta, params)
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS)
+def test_likelihood_derivatives_match_autodiff(name):
+    lik, params = _likelihood_cases()[name]
+    theta = _F + 0.2 * jnp.cos(_X)
+    (value, d1, d2, d3), (ref, ref1, ref2, ref3), log_density = (
+        _derivatives_and_autodiff(name, lik, theta, params)
+    )
     for got, want in ((value, ref), (d1, ref1), (d2, ref2), (d3, ref3)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(lik.log_density(theta, params), ref.sum(), rtol=1e-13)
+    np.testing.assert_allclose(log_density, ref.sum(), rtol=1e-13)
 
 
 # --------------------------------------------------------------------------------

@@ -13,10 +13,14 @@ import lapsample as ls
 
 from .helpers import (
     central_difference_grad,
+    evaluate,
     GP_PHI,
+    neg_hessian,
     oracle_log_marginal,
     poisson_gp,
     seed_model,
+    value_and_grad,
+    vmap_value_and_grad,
 )
 
 
@@ -32,6 +36,27 @@ HESSIANS = {
 }
 
 
+# Compiled once per model type and shape (the model's data are arguments).
+@eqx.filter_jit
+def _exact_value_and_grad(model, phi):
+    return jax.value_and_grad(model.exact_log_marginal)(phi)
+
+
+@eqx.filter_jit
+def _oracle_value_and_grad(log_joint, theta_start, phi):
+    return jax.value_and_grad(lambda p: oracle_log_marginal(log_joint, theta_start, p))(
+        phi
+    )
+
+
+@eqx.filter_jit
+def _sample_thetas(marginal, keys, phi, theta_star):
+    """`marginal.sample_theta` at one `phi` for each key."""
+    return jax.vmap(marginal.sample_theta, in_axes=(0, None, None))(
+        keys, phi, theta_star
+    )
+
+
 @pytest.mark.parametrize("n", [20, 300])
 @pytest.mark.parametrize("hessian", list(HESSIANS))
 @pytest.mark.parametrize("solver", list(SOLVERS))
@@ -42,12 +67,10 @@ def test_seed_model_exact(n, solver, hessian):
     marginal = ls.LaplaceMarginal(
         model, jnp.zeros(n), SOLVERS[solver], HESSIANS[hessian]
     )
-    value_and_grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))
-    exact = jax.jit(jax.value_and_grad(model.exact_log_marginal))
     for log_sigma in [-1.0, 0.3, 1.7]:
         phi = jnp.array(log_sigma)
-        (value, aux), grad = value_and_grad(phi)
-        value_exact, grad_exact = exact(phi)
+        (value, aux), grad = value_and_grad(marginal, phi)
+        value_exact, grad_exact = _exact_value_and_grad(model, phi)
         assert aux.result == ls.RESULTS.successful
         assert abs(float(value - value_exact)) <= 1e-10 * (1 + abs(float(value_exact)))
         assert abs(float(grad - grad_exact)) <= 1e-8 * (1 + abs(float(grad_exact)))
@@ -58,7 +81,7 @@ def gp_case(request):
     d = request.param
     model = poisson_gp(d)
     marginal = ls.LaplaceMarginal(model, jnp.zeros(d))
-    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(GP_PHI)
+    (value, aux), grad = value_and_grad(marginal, GP_PHI)
     assert aux.result == ls.RESULTS.successful
     return model, marginal, value, grad, aux.theta_star
 
@@ -66,7 +89,7 @@ def gp_case(request):
 def test_poisson_gp_is_ill_conditioned(gp_case):
     # The case is only a meaningful test if H is stiff (cond ~1e6).
     model, _, _, _, theta_star = gp_case
-    hess = jax.hessian(lambda t: -model(t, GP_PHI))(theta_star)
+    hess = neg_hessian(model, theta_star, GP_PHI)
     assert np.linalg.cond(np.asarray(hess)) > 1e5
 
 
@@ -75,10 +98,7 @@ def test_poisson_gp_against_oracle(gp_case):
     # AD: a different route to the same quantity. Both are converged to rounding, so
     # agreement is tight; cond(H) ~1e6 costs a few digits in the gradient.
     model, _, value, grad, theta_star = gp_case
-    oracle = jax.jit(
-        jax.value_and_grad(lambda p: oracle_log_marginal(model, theta_star, p))
-    )
-    value_oracle, grad_oracle = oracle(GP_PHI)
+    value_oracle, grad_oracle = _oracle_value_and_grad(model, theta_star, GP_PHI)
     np.testing.assert_allclose(value, value_oracle, rtol=1e-11)
     np.testing.assert_allclose(grad, grad_oracle, rtol=1e-7, atol=1e-8)
 
@@ -89,12 +109,11 @@ def test_poisson_gp_against_finite_differences(gp_case):
     # (the kernel's Cholesky with cond(K) ~1e6), so h = 1e-3: rounding error
     # ~1e-8 / 1e-3 = 1e-5 and truncation O(h⁴); hence the 1e-4 relative tolerance.
     _, marginal, _, grad, _ = gp_case
-    value = jax.jit(lambda p: marginal(p)[0])
     h = 1e-3
 
     def five_point(i):
         e = jnp.zeros(2).at[i].set(h)
-        f = [float(value(GP_PHI + k * e)) for k in (2, 1, -1, -2)]
+        f = [float(evaluate(marginal, GP_PHI + k * e)[0]) for k in (2, 1, -1, -2)]
         return (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h)
 
     fd = np.array([five_point(0), five_point(1)])
@@ -113,11 +132,8 @@ def test_poisson_gp_solvers_agree(solver, hessian):
     marginal = ls.LaplaceMarginal(
         model, jnp.zeros(d), SOLVERS[solver], HESSIANS[hessian]
     )
-    vg = jax.jit(jax.value_and_grad(marginal, has_aux=True))
-    (value, aux), grad = vg(GP_PHI)
-    (value_ref, _), grad_ref = jax.jit(jax.value_and_grad(reference, has_aux=True))(
-        GP_PHI
-    )
+    (value, aux), grad = value_and_grad(marginal, GP_PHI)
+    (value_ref, _), grad_ref = value_and_grad(reference, GP_PHI)
     assert aux.result == ls.RESULTS.successful
     tol = 1e-10 if solver == "newton" else 1e-5
     np.testing.assert_allclose(value, value_ref, rtol=tol)
@@ -127,7 +143,7 @@ def test_poisson_gp_solvers_agree(solver, hessian):
 def test_lbfgs_reports_non_convergence_on_stiff_gp():
     d = 20
     marginal = ls.LaplaceMarginal(poisson_gp(d), jnp.zeros(d), ls.LBFGS(max_steps=30))
-    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(GP_PHI)
+    (value, aux), grad = value_and_grad(marginal, GP_PHI)
     assert aux.result == ls.RESULTS.nonlinear_max_steps_reached
     assert value == -jnp.inf
     assert jnp.all(jnp.isfinite(grad))
@@ -136,10 +152,9 @@ def test_lbfgs_reports_non_convergence_on_stiff_gp():
 def test_seed_model_finite_differences():
     model = seed_model(20)
     marginal = ls.LaplaceMarginal(model, jnp.zeros(20))
-    value = jax.jit(lambda p: marginal(p[0])[0])
     phi = jnp.array([0.4])
-    fd = central_difference_grad(value, phi, h=1e-5)
-    (_, _), grad = jax.value_and_grad(marginal, has_aux=True)(phi[0])
+    fd = central_difference_grad(lambda p: evaluate(marginal, p[0])[0], phi, h=1e-5)
+    (_, _), grad = value_and_grad(marginal, phi[0])
     np.testing.assert_allclose(float(grad), fd[0], rtol=1e-7)
 
 
@@ -158,8 +173,8 @@ def test_pytree_theta_and_phi():
     phi = {"log_amplitude": GP_PHI[0], "log_length": GP_PHI[1]}
     flat = ls.LaplaceMarginal(flat_model, jnp.zeros(d))
     tree = ls.LaplaceMarginal(tree_model, theta_init)
-    (v1, a1), g1 = jax.value_and_grad(flat, has_aux=True)(GP_PHI)
-    (v2, a2), g2 = jax.value_and_grad(tree, has_aux=True)(phi)
+    (v1, a1), g1 = value_and_grad(flat, GP_PHI)
+    (v2, a2), g2 = value_and_grad(tree, phi)
     assert a2.theta_star["b"].shape == (3, 4)
     np.testing.assert_allclose(v1, v2, rtol=1e-13)
     np.testing.assert_allclose(
@@ -179,7 +194,7 @@ def test_gradient_through_theta_star():
     def total(phi):
         return jnp.sum(marginal(phi)[1].theta_star)
 
-    grad = jax.grad(total)(GP_PHI)
+    grad = jax.jit(jax.grad(total))(GP_PHI)
     fd = central_difference_grad(jax.jit(total), GP_PHI, h=1e-5)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
 
@@ -191,14 +206,10 @@ def test_sample_theta_moments(getkey):
     d, num = 20, 20_000
     model = poisson_gp(d)
     marginal = ls.LaplaceMarginal(model, jnp.zeros(d))
-    _, aux = marginal(GP_PHI)
+    _, aux = evaluate(marginal, GP_PHI)
     keys = jr.split(getkey(), num)
-    draws = jax.jit(jax.vmap(marginal.sample_theta, in_axes=(0, None, None)))(
-        keys, GP_PHI, aux.theta_star
-    )
-    cov = np.linalg.inv(
-        np.asarray(jax.hessian(lambda t: -model(t, GP_PHI))(aux.theta_star))
-    )
+    draws = _sample_thetas(marginal, keys, GP_PHI, aux.theta_star)
+    cov = np.linalg.inv(np.asarray(neg_hessian(model, aux.theta_star, GP_PHI)))
     sd = np.sqrt(np.diag(cov))
     mean_err = np.asarray(draws.mean(0) - aux.theta_star)
     assert np.all(np.abs(mean_err) <= 5 * sd / np.sqrt(num))
@@ -214,11 +225,9 @@ def test_sample_theta_exact_conditional(hessian, getkey):
     model = seed_model(n)
     marginal = ls.LaplaceMarginal(model, jnp.zeros(n), hessian=HESSIANS[hessian])
     phi = jnp.array(0.5)
-    _, aux = marginal(phi)
+    _, aux = evaluate(marginal, phi)
     keys = jr.split(getkey(), num)
-    draws = jax.vmap(marginal.sample_theta, in_axes=(0, None, None))(
-        keys, phi, aux.theta_star
-    )
+    draws = _sample_thetas(marginal, keys, phi, aux.theta_star)
     s2 = float(jnp.exp(2 * phi))
     var = s2 / (s2 + 1)
     np.testing.assert_allclose(aux.theta_star, model.y * var, rtol=1e-12)
@@ -230,7 +239,7 @@ def test_sample_theta_exact_conditional(hessian, getkey):
 def test_non_convergence_gives_code_minus_inf_and_finite_gradient():
     d = 20
     marginal = ls.LaplaceMarginal(poisson_gp(d), jnp.zeros(d), ls.Newton(max_steps=1))
-    (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(GP_PHI)
+    (value, aux), grad = value_and_grad(marginal, GP_PHI)
     assert aux.result == ls.RESULTS.inner_solve_failed
     assert value == -jnp.inf
     assert jnp.all(grad == 0)
@@ -248,9 +257,8 @@ def test_non_positive_definite_hessian(hessian):
     marginal = ls.LaplaceMarginal(
         _concave_only_for_positive_phi, jnp.zeros(3), hessian=HESSIANS[hessian]
     )
-    vg = jax.vmap(jax.value_and_grad(marginal, has_aux=True))
     phis = jnp.array([1.0, -1.0, 2.0])
-    (values, aux), grads = vg(phis)
+    (values, aux), grads = vmap_value_and_grad(marginal, phis)
     assert (aux.result == ls.RESULTS.hessian_not_positive_definite)[1]
     assert values[1] == -jnp.inf and grads[1] == 0
     # The good elements are untouched: exact Gaussian marginal
@@ -269,12 +277,10 @@ def test_failure_under_vmap_affects_only_that_element():
     d = 20
     model = poisson_gp(d)
     marginal = ls.LaplaceMarginal(model, jnp.zeros(d), ls.Newton(max_steps=3))
-    _, aux_good = marginal(GP_PHI)
+    _, aux_good = evaluate(marginal, GP_PHI)
     guesses = jnp.stack([aux_good.theta_star, jnp.zeros(d), aux_good.theta_star])
     phis = jnp.stack([GP_PHI, GP_PHI, GP_PHI + 0.01])
-    (values, aux), grads = jax.vmap(jax.value_and_grad(marginal, has_aux=True))(
-        phis, guesses
-    )
+    (values, aux), grads = vmap_value_and_grad(marginal, phis, guesses)
     ok = aux.result == ls.RESULTS.successful
     assert list(np.asarray(ok)) == [True, False, True]
     assert jnp.all(jnp.isfinite(values[ok])) and values[1] == -jnp.inf
@@ -301,9 +307,8 @@ def test_compiles_once_across_phi_and_guess():
 def test_warm_start_takes_fewer_steps():
     d = 100
     marginal = ls.LaplaceMarginal(poisson_gp(d), jnp.zeros(d))
-    f = jax.jit(lambda p, t: marginal(p, t))
-    _, cold = f(GP_PHI, jnp.zeros(d))
-    _, warm = f(GP_PHI + 0.01, cold.theta_star)
+    _, cold = evaluate(marginal, GP_PHI, jnp.zeros(d))
+    _, warm = evaluate(marginal, GP_PHI + 0.01, cold.theta_star)
     assert int(warm.num_steps) < int(cold.num_steps)
     assert int(warm.num_steps) <= 3
 
@@ -327,7 +332,7 @@ def test_closed_over_traced_data():
         return jax.value_and_grad(lambda p: marginal(p)[0])(phi)
 
     value, grad = f(model.y, jnp.array(0.2))
-    value_exact, grad_exact = jax.value_and_grad(model.exact_log_marginal)(0.2)
+    value_exact, grad_exact = _exact_value_and_grad(model, jnp.array(0.2))
     np.testing.assert_allclose(value, value_exact, rtol=1e-12)
     np.testing.assert_allclose(grad, grad_exact, rtol=1e-10)
 
@@ -338,12 +343,12 @@ def test_laplace_marginal_factory_matches_seed_usage(getkey):
     assert isinstance(laplace, ls.LaplaceMarginal)
     assert laplace.inner_solver.max_steps == 100
     phis = jnp.array([0.1, 0.5])
-    values, aux = jax.vmap(laplace)(phis)
+    values, aux = eqx.filter_jit(jax.vmap(laplace))(phis)
     np.testing.assert_allclose(
-        values, jax.vmap(model.exact_log_marginal)(phis), rtol=1e-12
+        values, jax.jit(jax.vmap(model.exact_log_marginal))(phis), rtol=1e-12
     )
     keys = jr.split(getkey(), 2)
-    draws = jax.vmap(laplace.sample_theta)(keys, phis, aux.theta_star)
+    draws = jax.jit(jax.vmap(laplace.sample_theta))(keys, phis, aux.theta_star)
     assert draws.shape == (2, 20) and jnp.all(jnp.isfinite(draws))
 
 
@@ -362,9 +367,7 @@ def test_float32_newton_converges():
 
     with pytest.warns(UserWarning, match="float32"):
         marginal = ls.LaplaceMarginal(log_joint, jnp.zeros(20, jnp.float32))
-    (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(
-        jnp.array(0.3, jnp.float32)
-    )
+    (value, aux), grad = value_and_grad(marginal, jnp.array(0.3, jnp.float32))
     assert value.dtype == jnp.float32
     assert aux.result == ls.RESULTS.successful
     exact = jstats.norm.logpdf(model.y, 0.0, jnp.sqrt(jnp.exp(0.6) + 1.0)).sum()

@@ -19,12 +19,13 @@ import pytest
 
 import lapsample as ls
 
-from ._sampler_helpers import (
+from .helpers import (
     eight_schools_json,
+    eight_schools_z_scores,
     EightSchoolsLogJoint,
+    shared_json,
     Z_MAX,
 )
-from .helpers import shared_json
 
 
 numpyro = pytest.importorskip("numpyro")
@@ -121,7 +122,7 @@ def test_sample_takes_the_model_and_names_the_sites(schools, tmp_path):
 
 def _random_points(key, num, theta_fn, phi_fn):
     keys = jr.split(key, num)
-    return jax.vmap(theta_fn)(keys), jax.vmap(phi_fn)(keys)
+    return jax.jit(jax.vmap(theta_fn))(keys), jax.jit(jax.vmap(phi_fn))(keys)
 
 
 def test_log_joint_matches_hand_written(schools, getkey):
@@ -134,7 +135,7 @@ def test_log_joint_matches_hand_written(schools, getkey):
         lambda k: {"mu": 5.0 * jr.normal(jr.fold_in(k, 1)), "tau": jr.normal(k)},
     )
     got = jax.jit(jax.vmap(schools.marginal.log_joint))(theta, phi)
-    expected = jax.vmap(by_hand)(
+    expected = jax.jit(jax.vmap(by_hand))(
         theta["theta"], jnp.stack([phi["mu"], phi["tau"]], axis=-1)
     )
     np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -150,7 +151,7 @@ def test_log_joint_matches_hand_written(schools, getkey):
         lambda k: {"s": jr.normal(jr.fold_in(k, 1)), "m": jr.normal(k)},
     )
     got = jax.jit(jax.vmap(model.marginal.log_joint))(theta, phi)
-    expected = jax.vmap(poisson_lognormal_log_joint)(theta, phi)
+    expected = jax.jit(jax.vmap(poisson_lognormal_log_joint))(theta, phi)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
@@ -292,8 +293,6 @@ def test_eight_schools_centred_matches_posteriordb():
     # shared/posteriordb/README.md: z = (g_new - g_ref) / √(m_new² + m_ref²) for g
     # = mean, sd, 5% and 95% quantiles of mu, log tau and theta, m their MCSEs,
     # after requiring ESS ≥ 400 and R-hat < 1.01 (eight_schools_z_scores).
-    from ._sampler_helpers import eight_schools_z_scores
-
     data = eight_schools_json("data.json")
     summary = eight_schools_json("summary.json")["reference_summary"]
     sigma = np.asarray(data["sigma"], float)

@@ -19,7 +19,7 @@ import pytest
 
 import lapsample as ls
 
-from .helpers import seed_model
+from .helpers import evaluate, seed_model
 
 
 N = 20
@@ -258,14 +258,14 @@ def test_seed_model_check_is_exact_reference():
     # The exact seed marginal at one point (guards the fixture's premise that the
     # model below CUT is the ordinary, exact one).
     marginal = ls.LaplaceMarginal(_broken_log_joint, jnp.zeros(N))
-    value, aux = marginal(jnp.array(0.2))
+    value, aux = evaluate(marginal, jnp.array(0.2))
     sigma2 = jnp.exp(0.4)
     exact = (
         jstats.norm.logpdf(0.2, 0.0, 3.0)
         + jstats.norm.logpdf(MODEL.y, 0.0, jnp.sqrt(sigma2 + 1.0)).sum()
     )
     np.testing.assert_allclose(float(value), float(exact), rtol=1e-10)
-    value, aux = marginal(jnp.array(1.0))
+    value, aux = evaluate(marginal, jnp.array(1.0))
     assert aux.result == ls.RESULTS.hessian_not_positive_definite
     assert value == -jnp.inf
 

@@ -19,7 +19,7 @@ import pytest
 
 import lapsample as ls
 
-from ._sampler_helpers import (
+from .helpers import (
     check_mixing,
     CORRELATED_COV,
     correlated_gaussian,
@@ -31,7 +31,7 @@ from ._sampler_helpers import (
     seed_data,
     seed_exact_moments,
     SEED_N,
-    SeedLogJoint,
+    SeedModel,
     Z_MAX,
 )
 
@@ -81,7 +81,7 @@ def test_seed_model_log_sigma_moments(name):
     # come from quadrature (error < 1e-10, i.e. exact at this scale).
     y = seed_data()
     mean, var = seed_exact_moments(y)
-    sampler = SEED_SAMPLERS[name](SeedLogJoint(y))
+    sampler = SEED_SAMPLERS[name](SeedModel(y))
     starts = jnp.array([0.0, 0.5, 1.0, 1.5])  # over-dispersed around the mode 0.8
     states, infos = _run_chains(sampler, jr.key(11), starts, 3_000)
     draws = np.asarray(states.position)[:, 200:]  # (chains, draws); drop warm-up

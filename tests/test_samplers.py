@@ -16,7 +16,7 @@ import pytest
 
 import lapsample as ls
 
-from ._sampler_helpers import seed_data, SEED_N, SeedLogJoint
+from .helpers import seed_data, SEED_N, SeedModel
 
 
 # The seed walkthrough's settings.
@@ -53,7 +53,7 @@ def seed_y():
 @pytest.fixture(scope="module", params=list(CONSTRUCTORS))
 def seed_run(request, seed_y):
     name = request.param
-    sampler = _make(name, SeedLogJoint(seed_y))
+    sampler = _make(name, SeedModel(seed_y))
     final_state, (states, infos) = _run(sampler)
     return name, sampler, final_state, states, infos
 
@@ -215,7 +215,7 @@ def test_blackjax_style_module_paths():
 
 
 def test_run_inference_algorithm_arguments(seed_y):
-    sampler = _make("laplace_hmc", SeedLogJoint(seed_y))
+    sampler = _make("laplace_hmc", SeedModel(seed_y))
     with pytest.raises(ValueError, match="exactly one"):
         ls.run_inference_algorithm(jr.key(0), sampler, 10)
     state = sampler.init(jnp.array(0.0))
@@ -262,7 +262,7 @@ def test_pytree_position():
 
 
 def test_incompatible_components(seed_y):
-    marginal = ls.LaplaceMarginal(SeedLogJoint(seed_y), jnp.zeros(SEED_N))
+    marginal = ls.LaplaceMarginal(SeedModel(seed_y), jnp.zeros(SEED_N))
     with pytest.raises(ls.IncompatibleComponentsError, match="Multinomial"):
         ls.Sampler(
             marginal,
@@ -323,7 +323,7 @@ class _ShapeCheckedLogJoint(eqx.Module):
 
     def __call__(self, theta, log_sigma):
         assert self.y.shape == (SEED_N,), "model data were batched by vmap"
-        return SeedLogJoint(self.y)(theta, log_sigma)
+        return SeedModel(self.y)(theta, log_sigma)
 
 
 # Shared by the two tests below, so that the NUTS step compiles once.
@@ -400,7 +400,7 @@ def test_nan_region_is_divergent_and_rejected(name, seed_y):
     # overshoot past 1.1, so a fixed-length trajectory, rejected as a whole when it
     # diverges, would never leave 0.
     barrier = 1.1
-    sampler = _make(name, SeedLogJoint(seed_y, nan_above=barrier))
+    sampler = _make(name, SeedModel(seed_y, nan_above=barrier))
     final_state, (states, infos) = _run(sampler, seed=1, position=jnp.array(0.8))
     divergent = np.asarray(infos.is_divergent)
     assert divergent.sum() > 5

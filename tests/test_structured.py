@@ -18,8 +18,13 @@ from lapsample._linalg.banded import band_selected_inverse
 from lapsample._marginal.laplace import _NegativeLogJoint
 from lapsample._misc import TreeRaveller
 
-from ._sampler_helpers import check_mixing, mcse, Z_MAX
-from .helpers import central_difference_grad
+from .helpers import (
+    central_difference_grad,
+    check_mixing,
+    mcse,
+    value_and_grad,
+    Z_MAX,
+)
 
 
 # --------------------------------------------------------------------------------
@@ -138,10 +143,11 @@ CASES = {
 }
 
 
-def _value_and_grad(marginal):
-    @jax.jit
+def _value_and_grad(marginal, guess):
+    # With an explicit guess (here the marginal's own `theta_init`) the compiled
+    # function is the one `test_batched_over_chains_equals_one_at_a_time` calls.
     def run(phi):
-        (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(phi)
+        (value, aux), grad = value_and_grad(marginal, phi, guess)
         return value, grad, aux
 
     return run
@@ -155,7 +161,7 @@ def case(request):
     for name, hessian in strategies.items():
         marginal = lapsample.LaplaceMarginal(log_joint, jnp.zeros(d), hessian=hessian)
         marginal.check(phi)
-        run = _value_and_grad(marginal)
+        run = _value_and_grad(marginal, jnp.zeros(d))
         value, grad, aux = run(phi)
         assert aux.result == lapsample.RESULTS.successful
         out[name] = (run, value, grad, aux.theta_star)
@@ -195,9 +201,8 @@ def test_batched_over_chains_equals_one_at_a_time(case):
         return value, grad
 
     values, grads = jax.jit(jax.vmap(one))(phis)
-    single = jax.jit(one)
     for i in range(phis.shape[0]):
-        value, grad = single(phis[i])
+        (value, _), grad = value_and_grad(marginal, phis[i], theta)
         np.testing.assert_allclose(values[i], value, rtol=1e-12)
         np.testing.assert_allclose(grads[i], grad, rtol=1e-9, atol=1e-10)
 
@@ -338,6 +343,24 @@ def test_check_on_the_factor_agrees_with_the_check_at_factorisation(name):
             np.testing.assert_array_equal(a, b)
 
 
+class _Signed(eqx.Module):
+    """`sign * log_joint(theta, phi)`; the sign is an array, so that both signs
+    share one compilation."""
+
+    log_joint: eqx.Module
+    sign: jax.Array = eqx.field(converter=jnp.asarray)
+
+    def __call__(self, theta, phi):
+        return self.sign * self.log_joint(theta, phi)
+
+
+@eqx.filter_jit
+def _fused_and_separate(strategy, fn, theta, phi, v):
+    fused = factorise_and_solve(strategy, fn, theta, phi, v)
+    factor = strategy.factorise(fn, theta, phi)
+    return fused, (factor, strategy.solve(factor, v))
+
+
 @pytest.mark.parametrize("bandwidth", [1, 3])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_factorise_and_solve_equals_factorise_then_solve(bandwidth, sign):
@@ -347,21 +370,29 @@ def test_factorise_and_solve_equals_factorise_then_solve(bandwidth, sign):
     sv = CASES["banded1-sv"][0]
     phi = CASES["banded1-sv"][2]
     theta = jnp.linspace(-1.0, 0.5, 60)
-    fn = _NegativeLogJoint(lambda t, p: sign * sv(t, p), TreeRaveller(theta))
+    fn = _NegativeLogJoint(_Signed(sv, sign), TreeRaveller(theta))
     strategy = lapsample.BandedHessian(bandwidth=bandwidth).without_checks()
     v = jnp.cos(jnp.arange(60.0))
-
-    @eqx.filter_jit
-    def both(s):
-        fused = factorise_and_solve(s, fn, theta, phi, v)
-        factor = s.factorise(fn, theta, phi)
-        return fused, (factor, s.solve(factor, v))
-
-    (fused_factor, fused_x), (factor, x) = both(strategy)
+    (fused_factor, fused_x), (factor, x) = _fused_and_separate(
+        strategy, fn, theta, phi, v
+    )
     assert bool(factor.positive_definite) == (sign > 0)
     for a, b in zip(jax.tree.leaves(fused_factor), jax.tree.leaves(factor)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(fused_x, x, rtol=1e-12, atol=1e-14)
+
+
+@eqx.filter_jit
+def _recurrence_outputs(strategy, fn, theta, phi, v):
+    factor = strategy.factorise(fn, theta, phi)
+    fused = factorise_and_solve(strategy, fn, theta, phi, v)
+    return (
+        factor,
+        fused,
+        strategy.solve(factor, v),
+        strategy.sample(factor, jax.random.key(0)),
+        band_selected_inverse(factor),
+    )
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -372,23 +403,12 @@ def test_associative_recurrences_equal_sequential(sign):
     # indefinite Hessian (sign = -1) must be detected the same way.
     sv, _, phi, _ = CASES["banded1-sv"]
     theta = jnp.linspace(-1.0, 0.5, 60)
-    fn = _NegativeLogJoint(lambda t, p: sign * sv(t, p), TreeRaveller(theta))
+    fn = _NegativeLogJoint(_Signed(sv, sign), TreeRaveller(theta))
     v = jnp.cos(jnp.arange(60.0))
-
-    @eqx.filter_jit
-    def everything(strategy):
-        factor = strategy.factorise(fn, theta, phi)
-        fused = factorise_and_solve(strategy, fn, theta, phi, v)
-        return (
-            factor,
-            fused,
-            strategy.solve(factor, v),
-            strategy.sample(factor, jax.random.key(0)),
-            band_selected_inverse(factor),
-        )
-
     outputs = {
-        mode: everything(lapsample.BandedHessian(1, recurrences=mode))
+        mode: _recurrence_outputs(
+            lapsample.BandedHessian(1, recurrences=mode), fn, theta, phi, v
+        )
         for mode in ("sequential", "associative")
     }
     assert outputs["associative"][0].associative
@@ -411,12 +431,15 @@ def test_associative_recurrences_give_the_same_marginals():
             lambda m: m.recurrences, sv.latent_gaussian_marginal_for(y), mode
         ),
     ):
+        # Built once per mode: a marginal with closures of its own (the latent
+        # Gaussian's) would be traced and compiled again for each new copy.
+        marginals = {mode: make(mode) for mode in ("sequential", "associative")}
         # The associative form has no sequential loop left over the latents.
         for mode, loops in (("sequential", True), ("associative", False)):
-            jaxpr = str(eqx.filter_make_jaxpr(vg)(make(mode), phi)[0])
+            jaxpr = str(eqx.filter_make_jaxpr(vg)(marginals[mode], phi)[0])
             assert ("scan[" in jaxpr) == loops, mode
-        (value_s, aux_s), grad_s = vg(make("sequential"), phi)
-        (value_a, aux_a), grad_a = vg(make("associative"), phi)
+        (value_s, aux_s), grad_s = vg(marginals["sequential"], phi)
+        (value_a, aux_a), grad_a = vg(marginals["associative"], phi)
         assert aux_a.result == aux_s.result == lapsample.RESULTS.successful
         np.testing.assert_allclose(value_a, value_s, rtol=1e-12)
         np.testing.assert_allclose(aux_a.theta_star, aux_s.theta_star, atol=1e-10)

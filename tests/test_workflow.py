@@ -41,13 +41,13 @@ from lapsample._workflow import (
     settings as _settings,
 )
 
-from ._sampler_helpers import (
+from .helpers import (
     CORRELATED_COV,
     correlated_gaussian,
     import_arviz,
     seed_data,
     SEED_N,
-    SeedLogJoint,
+    SeedModel,
 )
 
 
@@ -89,7 +89,7 @@ _SEED_ADVANCE_JIT = eqx.filter_jit(_SEED_ADVANCE)
 
 def _seed_marginal(y=None):
     y = seed_data() if y is None else y
-    return ls.LaplaceMarginal(SeedLogJoint(y), jnp.zeros(SEED_N))
+    return ls.LaplaceMarginal(SeedModel(y), jnp.zeros(SEED_N))
 
 
 def _seed_sample(key=SEED_KEY, marginal=None, start=SEED_START, **overrides):
@@ -114,8 +114,12 @@ def seed_results(children):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A persistent compilation cache shared by the subprocesses of this module."""
+def cache_dir(tmp_path_factory, subprocess_cache_dir):
+    """A persistent compilation cache shared by the subprocesses of this module:
+    the session's one for subprocesses (kept between sessions, see conftest.py), or
+    a fresh one."""
+    if subprocess_cache_dir is not None:
+        return subprocess_cache_dir
     return tmp_path_factory.mktemp("jax_cache")
 
 
@@ -222,6 +226,7 @@ def _child_env(cache_dir, **extra):
     # too would fail its allocation and print about it.
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
@@ -235,8 +240,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import lapsample as ls
-from tests._sampler_helpers import SeedLogJoint, seed_data, SEED_N
-marginal = ls.LaplaceMarginal(SeedLogJoint(seed_data()), jnp.zeros(SEED_N))
+from tests.helpers import SeedModel, seed_data, SEED_N
+marginal = ls.LaplaceMarginal(SeedModel(seed_data()), jnp.zeros(SEED_N))
 """
 
 
@@ -598,7 +603,7 @@ def test_fingerprint():
     assert a == _checkpoint.model_fingerprint(_seed_marginal())
     assert a != _checkpoint.model_fingerprint(_seed_marginal(seed_data() * 2))
     y = seed_data()
-    shorter = ls.LaplaceMarginal(SeedLogJoint(y[:-1]), jnp.zeros(SEED_N - 1))
+    shorter = ls.LaplaceMarginal(SeedModel(y[:-1]), jnp.zeros(SEED_N - 1))
     assert a != _checkpoint.model_fingerprint(shorter)
 
     # Data held in a closure counts too.

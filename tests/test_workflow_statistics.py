@@ -17,16 +17,16 @@ import pytest
 
 import lapsample as ls
 
-from ._sampler_helpers import (
+from .helpers import (
     check_mixing,
     eight_schools_json,
     eight_schools_log_joint,
     eight_schools_z_scores,
     mcse,
     seed_exact_moments,
+    seed_model,
     Z_MAX,
 )
-from .helpers import seed_model
 
 
 pytestmark = pytest.mark.slow

@@ -97,6 +97,7 @@ from ._trajectory import (
     RandomLength as RandomLength,
     TrajectoryInfo as TrajectoryInfo,
 )
+from ._validate import LowPrecisionWarning as LowPrecisionWarning
 from ._workflow.checkpoint import CheckpointError as CheckpointError
 from ._workflow.driver import resume as resume, sample as sample
 

@@ -135,7 +135,7 @@ MAX_TREE_DEPTH = 6
 
 def _shim(shim: Callable, **options) -> Callable:
     def make(log_joint, theta_init, size):
-        return shim(
+        built = shim(
             log_joint,
             theta_init,
             step_size=1.0,
@@ -143,6 +143,8 @@ def _shim(shim: Callable, **options) -> Callable:
             hessian=lapsample.DiagonalHessian(),
             **options,
         )
+        # The BlackJAX names return a `SamplingAlgorithm` over a `Sampler`.
+        return built if isinstance(built, lapsample.Sampler) else built.sampler
 
     return make
 

@@ -340,15 +340,16 @@ def test_closed_over_traced_data():
 def test_laplace_marginal_factory_matches_seed_usage(getkey):
     model = seed_model(20)
     laplace = ls.laplace_marginal_factory(model, jnp.zeros(20), maxiter=100)
-    assert isinstance(laplace, ls.LaplaceMarginal)
-    assert laplace.inner_solver.max_steps == 100
+    # BlackJAX's bundle of functions, over a lapsample marginal.
+    assert isinstance(laplace.marginal, ls.LaplaceMarginal)
+    assert laplace.marginal.inner_solver.max_steps == 100
     phis = jnp.array([0.1, 0.5])
-    values, aux = eqx.filter_jit(jax.vmap(laplace))(phis)
+    values, theta_star = jax.jit(jax.vmap(laplace))(phis)
     np.testing.assert_allclose(
         values, jax.jit(jax.vmap(model.exact_log_marginal))(phis), rtol=1e-12
     )
     keys = jr.split(getkey(), 2)
-    draws = jax.jit(jax.vmap(laplace.sample_theta))(keys, phis, aux.theta_star)
+    draws = jax.jit(jax.vmap(laplace.sample_theta))(keys, phis, theta_star)
     assert draws.shape == (2, 20) and jnp.all(jnp.isfinite(draws))
 
 

@@ -29,7 +29,7 @@ MODEL = seed_model(N)
 def _hmc(**overrides):
     settings = dict(step_size=0.1, inverse_mass_matrix=1.0, num_integration_steps=5)
     settings.update(overrides)
-    return ls.laplace_hmc(MODEL, jnp.zeros(N), **settings)
+    return ls.laplace_hmc(MODEL, jnp.zeros(N), **settings).sampler
 
 
 def _nuts(**overrides):

@@ -65,8 +65,12 @@ def _z_mean_of(values, truth):
 SEED_SAMPLERS = {
     "laplace_hmc": lambda lj: ls.laplace_hmc(lj, jnp.zeros(SEED_N), 0.3, 1.0, 10),
     "laplace_mhmc": lambda lj: ls.laplace_mhmc(lj, jnp.zeros(SEED_N), 0.3, 1.0, 10),
-    "laplace_dhmc": lambda lj: ls.laplace_dhmc(lj, jnp.zeros(SEED_N), 0.3, 1.0, 10),
-    "laplace_dmhmc": lambda lj: ls.laplace_dmhmc(lj, jnp.zeros(SEED_N), 0.3, 1.0, 10),
+    "laplace_dhmc": lambda lj: ls.laplace_dhmc(
+        lj, jnp.zeros(SEED_N), 0.3, 1.0, num_integration_steps=10
+    ),
+    "laplace_dmhmc": lambda lj: ls.laplace_dmhmc(
+        lj, jnp.zeros(SEED_N), 0.3, 1.0, num_integration_steps=10
+    ),
     "laplace_nuts": lambda lj: ls.laplace_nuts(lj, jnp.zeros(SEED_N), 0.3, 1.0),
     "laplace_nuts_mclachlan": lambda lj: ls.laplace_nuts(
         lj, jnp.zeros(SEED_N), 0.5, 1.0, integrator=ls.McLachlan()

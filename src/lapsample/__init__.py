@@ -2,14 +2,15 @@
 
 import importlib.metadata
 
+from ._compat.marginal import laplace_marginal_factory as laplace_marginal_factory
 from ._compat.samplers import (
     laplace_dhmc as laplace_dhmc,
     laplace_dmhmc as laplace_dmhmc,
     laplace_hmc as laplace_hmc,
-    laplace_marginal_factory as laplace_marginal_factory,
     laplace_mhmc as laplace_mhmc,
     laplace_nuts as laplace_nuts,
 )
+from ._compat.types import SamplingAlgorithm as SamplingAlgorithm
 from ._compat.util import ess as ess, run_inference_algorithm as run_inference_algorithm
 from ._factor import AbstractFactor as AbstractFactor
 from ._hamiltonian import Hamiltonian as Hamiltonian
@@ -97,6 +98,7 @@ from ._trajectory import (
     RandomLength as RandomLength,
     TrajectoryInfo as TrajectoryInfo,
 )
+from ._validate import LowPrecisionWarning as LowPrecisionWarning
 from ._workflow.checkpoint import CheckpointError as CheckpointError
 from ._workflow.driver import resume as resume, sample as sample
 

@@ -67,17 +67,61 @@ LOW_PRECISION_MESSAGE = (
 )
 
 
+class LowPrecisionWarning(UserWarning):
+    """Warns that a Laplace marginal was given arrays of less than 64 bits.
+
+    lapsample shows it once per process for each input it concerns (`theta_init`,
+    `phi`), and a blanket warnings-as-errors setting (`-W error`, pytest's
+    `filterwarnings = error`) shows it without raising, so a test suite that uses
+    float32 on purpose stays green. Filters that name the category are obeyed:
+
+    ```python
+    warnings.filterwarnings("ignore", category=lapsample.LowPrecisionWarning)  # off
+    warnings.filterwarnings("error", category=lapsample.LowPrecisionWarning)  # raise
+    ```
+    """
+
+
+_SHOWN: set[str] = set()
+
+
+def _filter_action(message: str, module: str) -> tuple[str, bool]:
+    """The action of the first warnings filter that matches a `LowPrecisionWarning`
+    (as `warnings.warn` would pick it), and whether that filter names the category
+    (rather than all warnings or all `UserWarning`s)."""
+    for action, msg, category, mod, lineno in warnings.filters:
+        if (
+            issubclass(LowPrecisionWarning, category)
+            and (msg is None or msg.match(message))
+            and (mod is None or mod.match(module))
+        ):
+            return action, issubclass(category, LowPrecisionWarning)
+    return "default", False
+
+
 def warn_if_low_precision(tree: PyTree, name: str, stacklevel: int = 3) -> None:
-    """A `UserWarning` when a floating leaf of `tree` has fewer than 64 bits."""
+    """A [`lapsample.LowPrecisionWarning`][] when a floating leaf of `tree` has fewer
+    than 64 bits: once per process and `name`, never raised by a blanket `error`
+    filter, and as Python's filters say when they name the category."""
     for leaf in jtu.tree_leaves(tree):
         dtype = jnp.result_type(leaf)
         if jnp.issubdtype(dtype, jnp.inexact) and jnp.finfo(dtype).bits < 64:
-            warnings.warn(
-                LOW_PRECISION_MESSAGE.format(name=name, dtype=dtype),
-                UserWarning,
-                stacklevel=stacklevel,
-            )
-            return
+            break
+    else:
+        return
+    message = LOW_PRECISION_MESSAGE.format(name=name, dtype=dtype)
+    action, named = _filter_action(message, "lapsample")
+    if action == "ignore":
+        return
+    if named and action == "error":
+        raise LowPrecisionWarning(message)
+    if action != "always" and name in _SHOWN:
+        return
+    _SHOWN.add(name)
+    with warnings.catch_warnings():
+        # Shown, not raised: float32 on purpose must not fail a `-W error` suite.
+        warnings.simplefilter("always", LowPrecisionWarning)
+        warnings.warn(message, LowPrecisionWarning, stacklevel=stacklevel + 1)
 
 
 # --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """BlackJAX's `run_inference_algorithm` and `ess`, on lapsample's samplers."""
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -10,10 +11,10 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
-from .._sampler import Sampler, SamplerInfo, SamplerState
+from .._sampler import Sampler
 
 
-def _identity_transform(state: SamplerState, info: SamplerInfo) -> Any:
+def _identity_transform(state: Any, info: Any) -> Any:
     return state, info
 
 
@@ -28,33 +29,37 @@ def _run(rng_key, sampler, num_steps, initial_state, transform):
 
 def run_inference_algorithm(
     rng_key: PRNGKeyArray,
-    sampler: Sampler,
+    inference_algorithm: Sampler | Any,
     num_steps: int,
-    initial_state: SamplerState | None = None,
+    initial_state: Any = None,
     initial_position: PyTree[ArrayLike] | None = None,
-    transform: Callable[[SamplerState, SamplerInfo], Any] = _identity_transform,
-) -> tuple[SamplerState, Any]:
+    transform: Callable[[Any, Any], Any] = _identity_transform,
+) -> tuple[Any, Any]:
     """Run one chain for `num_steps` transitions, BlackJAX-style.
-
-    The loop is a `lax.scan` inside `eqx.filter_jit`, compiled once per sampler
-    structure, `num_steps` and `transform`. (A fresh `lambda` for `transform` on
-    each call compiles afresh; define it once to reuse the compilation.)
 
     ```python
     final_state, (states, infos) = lapsample.run_inference_algorithm(
-        key, sampler, num_steps=1_000, initial_position=phi_init
+        key, algorithm, num_steps=1_000, initial_position=phi_init
     )
     ```
 
-    For several chains, `jax.vmap` this over keys and initial positions with the
-    sampler unbatched, e.g.
+    `inference_algorithm` is what [`lapsample.laplace_hmc`][] and its siblings
+    return (BlackJAX's `SamplingAlgorithm`), or any object with BlackJAX's
+    `init(position, rng_key)` and `step(rng_key, state)`: then this is BlackJAX's
+    function (the key is split for `init`, the loop is `jax.jit` of a `lax.scan`).
+    For a [`lapsample.Sampler`][] the loop is a `lax.scan` inside `eqx.filter_jit`,
+    compiled once per sampler structure, `num_steps` and `transform` (a fresh
+    `lambda` for `transform` on each call compiles afresh; define it once to reuse
+    the compilation), and `init` takes the position only.
+
+    For several chains, `jax.vmap` this over keys and initial positions, e.g.
     `eqx.filter_vmap(lambda k, p: run_inference_algorithm(k, sampler, n,
     initial_position=p))(keys, positions)`.
 
     **Arguments:**
 
     - `rng_key`: a JAX PRNG key.
-    - `sampler`: a [`lapsample.Sampler`][].
+    - `inference_algorithm`: a `SamplingAlgorithm` or a [`lapsample.Sampler`][].
     - `num_steps`: the number of transitions (a Python int).
     - `initial_state`: the state to start from; or
     - `initial_position`: the `phi` to start from (exactly one of the two).
@@ -77,14 +82,44 @@ def run_inference_algorithm(
             f"`num_steps` must be at least 1, got {num_steps}: it is the number of "
             "transitions (draws) to run."
         )
+    if not isinstance(inference_algorithm, Sampler):
+        return _run_algorithm(
+            rng_key,
+            inference_algorithm,
+            int(num_steps),
+            initial_state,
+            initial_position,
+            transform,
+        )
     if initial_state is None:
         # Jitted on its own (per marginal), so samplers that share a marginal share
         # this compilation.
-        initial_state = sampler.init(initial_position)
-    return _run(rng_key, sampler, int(num_steps), initial_state, transform)
+        initial_state = inference_algorithm.init(initial_position)
+    return _run(rng_key, inference_algorithm, int(num_steps), initial_state, transform)
 
 
-def ess(samples: ArrayLike, *, method: str = "bulk", relative: bool = False) -> Any:
+def _run_algorithm(rng_key, algorithm, num_steps, state, position, transform):
+    if state is None:
+        rng_key, init_key = jr.split(rng_key)
+        state = algorithm.init(position, init_key)
+
+    def one_step(state, key):
+        state, info = algorithm.step(key, state)
+        return state, transform(state, info)
+
+    return jax.jit(functools.partial(jax.lax.scan, one_step))(
+        state, jr.split(rng_key, num_steps)
+    )
+
+
+def ess(
+    samples: ArrayLike,
+    chain_axis: int = 0,
+    sample_axis: int = 1,
+    *,
+    method: str = "bulk",
+    relative: bool = False,
+) -> Any:
     """The effective sample size of MCMC draws, computed by ArviZ
     ([`arviz.ess`](https://python.arviz.org/en/stable/api/generated/arviz.ess.html),
     rank-normalised split-R̂-style estimator by default).
@@ -95,6 +130,8 @@ def ess(samples: ArrayLike, *, method: str = "bulk", relative: bool = False) -> 
     **Arguments:**
 
     - `samples`: draws shaped `(chains, draws, *event_shape)`.
+    - `chain_axis`, `sample_axis`: BlackJAX's arguments: the axes of chains and of
+      draws in `samples` (default 0 and 1).
     - `method`: ArviZ's method: `"bulk"` (default), `"tail"`, `"mean"`, `"sd"`,
       `"quantile"`, ...
     - `relative`: if `True`, return the ESS divided by the number of draws.
@@ -120,7 +157,7 @@ def ess(samples: ArrayLike, *, method: str = "bulk", relative: bool = False) -> 
             "`lapsample.ess` uses ArviZ, which is not installed. Install it with "
             "`pip install 'lapsample[arviz]'` (or `pip install arviz`)."
         ) from e
-    x = np.asarray(samples)
+    x = np.moveaxis(np.asarray(samples), (chain_axis, sample_axis), (0, 1))
     if x.ndim < 2:
         raise ValueError(
             "`ess` expects draws shaped (chains, draws, ...); for a single chain "

@@ -12,10 +12,16 @@ from ._compat.samplers import (
 )
 from ._compat.types import SamplingAlgorithm as SamplingAlgorithm
 from ._compat.util import ess as ess, run_inference_algorithm as run_inference_algorithm
-from ._factor import AbstractFactor as AbstractFactor
+from ._factor import (
+    AbstractFactor as AbstractFactor,
+    AbstractStructuredFactor as AbstractStructuredFactor,
+)
 from ._hamiltonian import Hamiltonian as Hamiltonian
 from ._hessian.banded import BandedHessian as BandedHessian
-from ._hessian.base import AbstractHessianStrategy as AbstractHessianStrategy
+from ._hessian.base import (
+    AbstractHessianStrategy as AbstractHessianStrategy,
+    AbstractStructuredHessian as AbstractStructuredHessian,
+)
 from ._hessian.block import (
     BlockDiagonalHessian as BlockDiagonalHessian,
     BlockFactor as BlockFactor,

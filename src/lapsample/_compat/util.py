@@ -157,12 +157,13 @@ def ess(
             "`lapsample.ess` uses ArviZ, which is not installed. Install it with "
             "`pip install 'lapsample[arviz]'` (or `pip install arviz`)."
         ) from e
-    x = np.moveaxis(np.asarray(samples), (chain_axis, sample_axis), (0, 1))
+    x = np.asarray(samples)
     if x.ndim < 2:
         raise ValueError(
             "`ess` expects draws shaped (chains, draws, ...); for a single chain "
             f"pass `x[None]`. Got shape {x.shape}."
         )
+    x = np.moveaxis(x, (chain_axis, sample_axis), (0, 1))
     if x.ndim == 2:
         return np.float64(az.ess(x, method=method, relative=relative))
     dataset = az.convert_to_dataset({"x": x})

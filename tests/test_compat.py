@@ -337,3 +337,38 @@ def test_float32_warning_obeys_filters_that_name_it():
     assert record == []
     with pytest.warns(ls.LowPrecisionWarning, match="`theta_init` is float32"):
         _float32_laplace()
+
+
+def _gaussian_2d(x):
+    # N(0, diag(1, 4)).
+    return -0.5 * (x[0] ** 2 + x[1] ** 2 / 4.0)
+
+
+def test_window_adaptation_and_nuts_for_a_reference_run():
+    # BlackJAX's reference-run idiom (its Laplace funnel test builds one):
+    # window_adaptation(nuts, logdensity).run(...) then nuts(logdensity, **params),
+    # with plain jax.jit of step and run_inference_algorithm from the warm state.
+    warmup = ls.window_adaptation(ls.nuts, _gaussian_2d)
+    (state, parameters), info = warmup.run(jr.key(0), jnp.zeros(2), num_steps=200)
+    assert set(parameters) == {"step_size", "inverse_mass_matrix"}
+    assert isinstance(info, ls.SampleResults)
+    algorithm = ls.nuts(_gaussian_2d, **parameters)
+    stepped, _ = jax.jit(algorithm.step)(jr.key(1), state)
+    assert stepped.position.shape == (2,)
+    _, draws = ls.run_inference_algorithm(
+        jr.key(2), algorithm, 500, initial_state=state, transform=_position
+    )
+    draws = np.asarray(draws)
+    ess = ls.ess(draws[None])
+    # Monte Carlo error from the ESS: sd(mean) = sigma / sqrt(ESS) and
+    # sd(var) ≈ sigma² sqrt(2 / ESS); 4 standard errors each (fixed seed).
+    sigma2 = np.array([1.0, 4.0])
+    np.testing.assert_array_less(np.abs(draws.mean(0)), 4 * np.sqrt(sigma2 / ess))
+    np.testing.assert_array_less(
+        np.abs(draws.var(0) - sigma2), 4 * sigma2 * np.sqrt(2 / ess)
+    )
+
+
+def _position(state, info):
+    del info
+    return state.position

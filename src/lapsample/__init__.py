@@ -2,6 +2,10 @@
 
 import importlib.metadata
 
+from ._compat.adaptation import (
+    nuts as nuts,
+    window_adaptation as window_adaptation,
+)
 from ._compat.marginal import laplace_marginal_factory as laplace_marginal_factory
 from ._compat.samplers import (
     laplace_dhmc as laplace_dhmc,

@@ -62,6 +62,7 @@ from .._linalg.banded import (
 )
 from .._misc import default_tolerance
 from .._results import RESULTS
+from .._validate import check_int, check_solver_settings
 from .ad import finish_forward
 from .base import (
     AbstractLaplaceMarginal,
@@ -271,8 +272,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     f"{theta_init.dtype}."
                 )
         check_recurrences(self.recurrences, "LatentGaussianMarginal")
-        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ValueError(f"`max_steps` must be an int >= 1, got {self.max_steps}.")
+        check_solver_settings("LatentGaussianMarginal", self.max_steps, xtol=self.xtol)
+        check_int("LatentGaussianMarginal(max_backtracks=...)", self.max_backtracks, 0)
 
     def _functions(self) -> _PhiFunctions:
         matrix = self.covariance if self.precision is None else self.precision

@@ -1,0 +1,241 @@
+"""Issue 18: every input and fault either works or says exactly what to fix.
+
+Each table row is (what the user did, the call, the exception, a phrase of the
+message that names the fix). Every one raises in Python, before anything is
+compiled (the `BandedHessian` width while tracing, since `d` is a shape).
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.scipy.stats as jstats
+import numpy as np
+import pytest
+
+import lapsample as ls
+
+
+def _lg(**kwargs):
+    return ls.LatentGaussianMarginal(
+        ls.PoissonLog(jnp.ones(3)), covariance=lambda phi: jnp.eye(3), **kwargs
+    )
+
+
+def _quadratic_log_joint(theta, phi):
+    return -0.5 * jnp.exp(phi) * jnp.sum(theta**2) - jnp.sum(jnp.diff(theta) ** 2)
+
+
+# --------------------------------------------------------------------------------
+# 1. Solver and strategy settings.
+# --------------------------------------------------------------------------------
+
+# A value of the wrong type is caught first by the test suite's runtime type checker
+# (jaxtyping + beartype on the annotations); users, without it, see lapsample's own
+# message. `True` for an int passes the checker (bool is an int) and gets ours.
+CHECKER = "|Type-check error"
+
+BAD_SETTINGS = [
+    ("negative jitter", lambda: ls.DenseHessian(jitter=-0.5), ValueError, "small pos"),
+    ("infinite jitter", lambda: ls.DenseHessian(jitter=jnp.inf), ValueError, ">= 0"),
+    (
+        "jitter a string",
+        lambda: ls.DenseHessian(jitter="1e-8"),
+        TypeError,
+        "float" + CHECKER,
+    ),
+    ("Newton xtol=10", lambda: ls.Newton(xtol=10.0), ValueError, "Leave it as None"),
+    ("Newton xtol=1", lambda: ls.Newton(xtol=1.0), ValueError, r"in \[0, 1\)"),
+    ("Newton rtol<0", lambda: ls.Newton(rtol=-1e-3), ValueError, r"in \[0, 1\)"),
+    ("Newton atol=nan", lambda: ls.Newton(atol=jnp.nan), ValueError, "finite"),
+    ("Newton rtol=True", lambda: ls.Newton(rtol=True), TypeError, "float in" + CHECKER),
+    (
+        "Newton max_steps=True",
+        lambda: ls.Newton(max_steps=True),
+        TypeError,
+        "Python int",
+    ),
+    ("Newton max_steps=0", lambda: ls.Newton(max_steps=0), ValueError, "at least 1"),
+    (
+        "Newton max_steps=2.0",
+        lambda: ls.Newton(max_steps=2.0),
+        TypeError,
+        "Python int" + CHECKER,
+    ),
+    (
+        "Newton max_backtracks<0",
+        lambda: ls.Newton(max_backtracks=-1),
+        ValueError,
+        "at least 0",
+    ),
+    (
+        "Newton max_backtracks=2.5",
+        lambda: ls.Newton(max_backtracks=2.5),
+        TypeError,
+        "Python int" + CHECKER,
+    ),
+    ("BFGS rtol=2", lambda: ls.BFGS(rtol=2.0), ValueError, "Leave it as None"),
+    ("BFGS atol<0", lambda: ls.BFGS(atol=-1.0), ValueError, r"in \[0, 1\)"),
+    ("BFGS max_steps=False", lambda: ls.BFGS(max_steps=False), TypeError, "Python int"),
+    ("LBFGS max_steps=0", lambda: ls.LBFGS(max_steps=0), ValueError, "at least 1"),
+    (
+        "LBFGS history_length=0",
+        lambda: ls.LBFGS(history_length=0),
+        ValueError,
+        "at least 1",
+    ),
+    ("LG xtol=1.5", lambda: _lg(xtol=1.5), ValueError, "Leave it as None"),
+    ("LG max_steps=True", lambda: _lg(max_steps=True), TypeError, "Python int"),
+    ("LG max_steps=0", lambda: _lg(max_steps=0), ValueError, "at least 1"),
+    ("LG max_backtracks<0", lambda: _lg(max_backtracks=-2), ValueError, "at least 0"),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, phrase",
+    [case[1:] for case in BAD_SETTINGS],
+    ids=[case[0] for case in BAD_SETTINGS],
+)
+def test_bad_settings_are_refused(call, error, phrase):
+    with pytest.raises(error, match=phrase):
+        call()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ls.DenseHessian(jitter=0.0),
+        lambda: ls.DenseHessian(jitter=1e-8),
+        lambda: ls.Newton(xtol=0.0, rtol=1e-10, atol=0.0, max_backtracks=0),
+        lambda: ls.BFGS(rtol=1e-6, atol=1e-6),
+        lambda: ls.LBFGS(history_length=3),
+        lambda: _lg(xtol=1e-9, max_backtracks=0),
+    ],
+)
+def test_good_settings_are_accepted(make):
+    make()
+
+
+def test_bandwidth_at_least_d_is_refused_before_compiling():
+    marginal = ls.LaplaceMarginal(
+        _quadratic_log_joint, jnp.zeros(3), hessian=ls.BandedHessian(bandwidth=3)
+    )
+    with pytest.raises(ValueError, match=r"Use `DenseHessian\(\)` instead"):
+        marginal.check(jnp.array(0.1))
+    # The same refusal while tracing, for a marginal never checked.
+    with pytest.raises(ValueError, match=r"at most 2"):
+        eqx.filter_eval_shape(marginal, jnp.array(0.1))
+
+
+# --------------------------------------------------------------------------------
+# 2. Likelihood data.
+# --------------------------------------------------------------------------------
+
+Y = jnp.array([1.0, 2.0, 0.0])
+BAD_DATA = [
+    (
+        "Poisson non-integer",
+        lambda: ls.PoissonLog(jnp.array([1.0, 2.5])),
+        "raw counts",
+    ),
+    ("Poisson negative", lambda: ls.PoissonLog(jnp.array([1.0, -1.0])), "raw counts"),
+    ("NegBin non-integer", lambda: ls.NegBinomial2Log(jnp.array([0.5])), "counts"),
+    ("NegBin negative", lambda: ls.NegBinomial2Log(jnp.array([-2.0])), "counts"),
+    ("Bernoulli y=2", lambda: ls.BernoulliLogit(jnp.array([0.0, 2.0])), "0/1"),
+    ("Bernoulli y=-1", lambda: ls.BernoulliLogit(jnp.array([-1.0, 1.0])), "0/1"),
+    ("Bernoulli y=0.5", lambda: ls.BernoulliLogit(jnp.array([0.5])), "0/1"),
+    (
+        "negative exposure",
+        lambda: ls.PoissonLog(Y, exposure=jnp.array([1.0, -1.0, 1.0])),
+        "not their logarithms",
+    ),
+    (
+        "NegBin negative exposure",
+        lambda: ls.NegBinomial2Log(Y, exposure=-1.0),
+        "not their logarithms",
+    ),
+    (
+        "count with exposure 0",
+        lambda: ls.PoissonLog(Y, exposure=jnp.array([1.0, 0.0, 1.0])),
+        "probability 0",
+    ),
+    ("NaN count", lambda: ls.PoissonLog(jnp.array([1.0, jnp.nan])), "Drop those"),
+    ("inf Gaussian y", lambda: ls.Gaussian(jnp.array([jnp.inf])), "impute"),
+    (
+        "NaN offset",
+        lambda: ls.BernoulliLogit(
+            jnp.array([0.0, 1.0]), offset=jnp.array([0, jnp.nan])
+        ),
+        "non-finite",
+    ),
+    ("inf exposure", lambda: ls.PoissonLog(Y, exposure=jnp.inf), "non-finite"),
+]
+
+
+@pytest.mark.parametrize(
+    "call, phrase",
+    [case[1:] for case in BAD_DATA],
+    ids=[case[0] for case in BAD_DATA],
+)
+def test_bad_likelihood_data_is_refused(call, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        call()
+
+
+def test_traced_data_is_not_checked():
+    # Data passed through `jit` cannot be checked in Python; construction works.
+    @eqx.filter_jit
+    def value(y):
+        return ls.PoissonLog(y).log_density(jnp.zeros(2), None)
+
+    assert np.isfinite(float(value(jnp.array([1.0, 2.0]))))
+
+
+# Exposure 0 with a zero count: a certain event (log p = 0), i.e. the same
+# marginal as the model without that observation.
+_N = 6
+_Y0 = jnp.array([0.0, 2.0, 1.0, 0.0, 3.0, 0.0])
+_E0 = jnp.array([1.0, 0.5, 2.0, 0.0, 1.0, 0.0])
+_PHI = jnp.array([0.1, -0.5])
+
+
+def _cov(phi):
+    x = jnp.arange(_N) / _N
+    k = jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / jnp.exp(2 * phi[1]))
+    return jnp.exp(2 * phi[0]) * k + 1e-6 * jnp.eye(_N)
+
+
+def _log_joint_without_unexposed(theta, phi):
+    keep = _E0 > 0
+    rate = jnp.exp(theta) * jnp.where(keep, _E0, 1.0)
+    terms = jnp.where(keep, jstats.poisson.logpmf(_Y0, rate), 0.0)
+    prior = jstats.multivariate_normal.logpdf(theta, jnp.zeros(_N), _cov(phi))
+    return prior + jnp.sum(terms)
+
+
+@eqx.filter_jit
+def _value_and_grad(marginal, phi):
+    return eqx.filter_value_and_grad(lambda p: marginal(p)[0])(phi)
+
+
+def test_zero_exposure_zero_count_is_a_certain_event():
+    lik = ls.PoissonLog(_Y0, exposure=_E0)
+    terms = lik.derivatives(jnp.zeros(_N), None)
+    for t in terms:
+        assert np.all(np.isfinite(t))
+    assert float(terms[0][3]) == 0.0 and float(terms[0][5]) == 0.0
+    lg = ls.LatentGaussianMarginal(lik, covariance=_cov)
+    reference = ls.LaplaceMarginal(_log_joint_without_unexposed, jnp.zeros(_N))
+    value, grad = _value_and_grad(lg, _PHI)
+    ref_value, ref_grad = _value_and_grad(reference, _PHI)
+    assert np.isfinite(float(value))
+    np.testing.assert_allclose(value, ref_value, rtol=1e-10)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-7, atol=1e-10)
+
+
+def test_zero_exposure_negative_binomial_is_finite():
+    lg = ls.LatentGaussianMarginal(
+        ls.NegBinomial2Log(_Y0, exposure=_E0),
+        covariance=_cov,
+        likelihood_params=lambda phi: jnp.exp(phi[0]),
+    )
+    value, grad = _value_and_grad(lg, _PHI)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(grad))

@@ -7,6 +7,7 @@ compiled (the `BandedHessian` width while tracing, since `d` is a shape).
 
 import equinox as eqx
 import jax.numpy as jnp
+import jax.random as jr
 import jax.scipy.stats as jstats
 import numpy as np
 import pytest
@@ -239,3 +240,88 @@ def test_zero_exposure_negative_binomial_is_finite():
     )
     value, grad = _value_and_grad(lg, _PHI)
     assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
+
+
+# --------------------------------------------------------------------------------
+# 3. The prior covariance of `LatentGaussianMarginal` must be symmetric positive
+# definite (only `B = I + W½ K W½` used to be factorised).
+# --------------------------------------------------------------------------------
+
+_NK = 5
+_YK = 1.5 * jnp.array([1.0, -1.0, 1.0, -1.0, 1.0])
+
+
+def _equicorrelated(phi):
+    # Eigenvalues 1 - rho (n - 1 times) and 1 + (n - 1) rho: indefinite for
+    # rho < -1/(n - 1) = -0.25. The data (alternating signs) pull rho down.
+    rho = phi[1]
+    return jnp.exp(2 * phi[0]) * ((1 - rho) * jnp.eye(_NK) + rho * jnp.ones((_NK, _NK)))
+
+
+def _skewed(phi):
+    return _equicorrelated(phi) + 0.1 * jnp.triu(jnp.ones((_NK, _NK)), 1)
+
+
+def _gaussian_lg(covariance):
+    return ls.LatentGaussianMarginal(
+        ls.Gaussian(_YK),
+        covariance=covariance,
+        likelihood_params=lambda phi: 1.0,
+        log_prior=lambda phi: (
+            jstats.norm.logpdf(phi[0]) + jstats.norm.logpdf(phi[1], 0.0, 2.0)
+        ),
+    )
+
+
+@eqx.filter_jit
+def _value_grad_result(marginal, phi):
+    (value, aux), grad = eqx.filter_value_and_grad(lambda p: marginal(p), has_aux=True)(
+        phi
+    )
+    return value, grad, aux.result
+
+
+@pytest.mark.parametrize(
+    "covariance, phi",
+    [(_equicorrelated, jnp.array([0.0, -0.5])), (_skewed, jnp.array([0.0, 0.3]))],
+    ids=["indefinite", "not symmetric"],
+)
+def test_invalid_prior_covariance_is_minus_inf(covariance, phi):
+    marginal = _gaussian_lg(covariance)
+    value, grad, result = _value_grad_result(marginal, phi)
+    assert value == -jnp.inf
+    assert result == ls.RESULTS.prior_not_positive_definite
+    np.testing.assert_array_equal(grad, 0.0)
+    with pytest.raises(ValueError, match="Add a jitter to the diagonal"):
+        marginal.check(phi)
+    key = jr.key(0)
+    theta_star = jnp.zeros(_NK)
+    assert np.all(np.isnan(marginal.sample_theta(key, phi, theta_star)))
+
+
+def test_valid_prior_covariance_still_works():
+    marginal = _gaussian_lg(_equicorrelated)
+    phi = jnp.array([0.0, -0.2])
+    marginal.check(phi)
+    value, grad, result = _value_grad_result(marginal, phi)
+    assert result == ls.RESULTS.successful
+    assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
+
+
+def test_indefinite_covariance_under_sample_gives_no_nan_draws():
+    # The posterior of rho piles up against the edge of validity (rho = -0.25):
+    # proposals beyond it must be rejected, not accepted with NaN theta draws.
+    results = ls.sample(
+        jr.key(0),
+        _gaussian_lg(_equicorrelated),
+        jnp.array([0.0, 0.3]),
+        num_warmup=100,
+        num_samples=100,
+        num_chains=1,
+        sample_theta=True,
+        progress_bar=False,
+    )
+    assert np.all(np.isfinite(results.theta))
+    assert np.all(np.asarray(results.phi)[..., 1] > -0.25)
+    # The edge was reached: those proposals were rejected as failed solves.
+    assert results.diagnostics()["inner_failures"].sum() > 0

@@ -28,6 +28,14 @@ class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "larger `BlockDiagonalHessian(block_size=...)`, order the flattened `theta` "
         "so that coupled latents are neighbours, or use `DenseHessian()`."
     )
+    prior_not_positive_definite = (
+        "The prior covariance `K(phi)` of the latent-Gaussian marginal is not "
+        "symmetric positive definite at this `phi` (its Cholesky factor failed, or "
+        "`K` differs from `Kᵀ` beyond rounding), so the Gaussian prior and the "
+        "Laplace approximation are not defined there. Add a jitter to the "
+        "diagonal (e.g. `K + 1e-6 * jnp.eye(n)`), check the kernel's formula, or "
+        "constrain `phi` to where the kernel is valid."
+    )
     nonfinite_log_density = (
         "The log density, or its gradient, is not finite (NaN or inf)."
     )

@@ -325,3 +325,64 @@ def test_indefinite_covariance_under_sample_gives_no_nan_draws():
     assert np.all(np.asarray(results.phi)[..., 1] > -0.25)
     # The edge was reached: those proposals were rejected as failed solves.
     assert results.diagnostics()["inner_failures"].sum() > 0
+
+
+# --------------------------------------------------------------------------------
+# 4. Structure checks row by row: one stiff latent (curvature 1e9) must not hide
+# real coupling between two ordinary ones.
+# --------------------------------------------------------------------------------
+
+_DS = 8
+
+
+def _stiff_log_joint(coupling):
+    def log_joint(theta, phi):
+        precision = jnp.exp(phi) + jnp.zeros(_DS).at[1].set(1e9)
+        # theta[3] and theta[6] are outside a diagonal, bandwidth-1 or 2-block
+        # structure.
+        return (
+            -0.5 * jnp.sum(precision * theta**2)
+            - coupling * theta[3] * theta[6]
+            + jnp.sum(theta)
+            - phi**2
+        )
+
+    return log_joint
+
+
+STRUCTURED = [
+    ls.DiagonalHessian(),
+    ls.BandedHessian(bandwidth=1),
+    ls.BlockDiagonalHessian(block_size=2),
+]
+
+
+@eqx.filter_jit
+def _value_and_result(marginal, phi):
+    value, aux = marginal(phi)
+    return value, aux.result
+
+
+@pytest.mark.parametrize("hessian", STRUCTURED, ids=lambda h: type(h).__name__)
+def test_stiff_latent_does_not_hide_coupling(hessian):
+    marginal = ls.LaplaceMarginal(
+        _stiff_log_joint(0.5), jnp.zeros(_DS), hessian=hessian
+    )
+    with pytest.raises(ValueError, match=r"or use `DenseHessian\(\)`"):
+        marginal.check(jnp.array(0.0))
+    value, result = _value_and_result(marginal, jnp.array(0.0))
+    assert value == -jnp.inf
+    assert result == ls.RESULTS.structure_violated
+
+
+@pytest.mark.parametrize("hessian", STRUCTURED, ids=lambda h: type(h).__name__)
+def test_stiff_latent_with_the_structure_is_accepted(hessian):
+    marginal = ls.LaplaceMarginal(
+        _stiff_log_joint(0.0), jnp.zeros(_DS), hessian=hessian
+    )
+    marginal.check(jnp.array(0.0))
+    dense = ls.LaplaceMarginal(_stiff_log_joint(0.0), jnp.zeros(_DS))
+    value, result = _value_and_result(marginal, jnp.array(0.0))
+    reference, _ = _value_and_result(dense, jnp.array(0.0))
+    assert result == ls.RESULTS.successful
+    np.testing.assert_allclose(value, reference, rtol=1e-12)

@@ -386,3 +386,92 @@ def test_stiff_latent_with_the_structure_is_accepted(hessian):
     reference, _ = _value_and_result(dense, jnp.array(0.0))
     assert result == ls.RESULTS.successful
     np.testing.assert_allclose(value, reference, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------
+# 5. Start failures explained: the `RESULTS` reason and its fix, not one generic
+# message; a log joint that is not concave in theta is caught by `check`.
+# --------------------------------------------------------------------------------
+
+_COUNTS = jnp.array([50.0, 80.0, 30.0, 120.0])
+
+
+def _poisson_log_joint(theta, phi):
+    prior = jstats.norm.logpdf(theta, 0.0, jnp.exp(phi))
+    return jnp.sum(prior) + jnp.sum(jstats.poisson.logpmf(_COUNTS, jnp.exp(theta)))
+
+
+def _convex_log_joint(theta, phi):
+    # A sign error: +½ θᵀθ instead of −½ θᵀθ.
+    return 0.5 * jnp.sum(theta**2) * jnp.exp(phi) - phi**2
+
+
+def _sample(marginal, phi):
+    return ls.sample(
+        jr.key(0),
+        marginal,
+        phi,
+        num_warmup=10,
+        num_samples=10,
+        num_chains=1,
+        progress_bar=False,
+    )
+
+
+START_FAILURES = [
+    (
+        "Newton(max_steps=1)",
+        lambda: _sample(
+            ls.LaplaceMarginal(
+                _poisson_log_joint, jnp.zeros(4), inner_solver=ls.Newton(max_steps=1)
+            ),
+            jnp.array(1.0),
+        ),
+        r"raise the inner solver's `max_steps`",
+    ),
+    (
+        "not concave in theta (check)",
+        lambda: ls.LaplaceMarginal(_convex_log_joint, jnp.zeros(4)).check(
+            jnp.array(0.0)
+        ),
+        r"not concave in `theta`.*check the signs",
+    ),
+    (
+        "PlainDensity not finite",
+        lambda: _sample(ls.PlainDensity(lambda p: jnp.log(p)), jnp.array(-1.0)),
+        r"NaN or infinite there: check the data",
+    ),
+    (
+        "non-PD K at the start",
+        lambda: _sample(_gaussian_lg(_equicorrelated), jnp.array([0.0, -0.5])),
+        r"Add a jitter to the diagonal",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, phrase",
+    [case[1:] for case in START_FAILURES],
+    ids=[case[0] for case in START_FAILURES],
+)
+def test_start_failures_name_the_reason(call, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        call()
+
+
+def test_check_passes_a_model_not_concave_at_theta_init_only():
+    # log p = log N(theta; 0, 1) + Σ log t_1(y - theta): the Cauchy terms are not
+    # concave far from y, so theta_init = 0 has negative curvature, but the mode
+    # (near y) is fine and BFGS (no Hessian while iterating) reaches it: `check`
+    # must not refuse it. (Newton cannot start there, and `check` says so.)
+    y = jnp.array([4.0, 4.0])
+
+    def log_joint(theta, phi):
+        prior = jstats.norm.logpdf(theta, 0.0, jnp.exp(phi))
+        return jnp.sum(prior) + jnp.sum(jstats.cauchy.logpdf(y - theta, 0.0, 0.1))
+
+    # (At phi = 2 the curvature of the log joint at 0 is +0.107 per latent.)
+    phi = jnp.array(2.0)
+    ls.LaplaceMarginal(log_joint, jnp.zeros(2), inner_solver=ls.BFGS()).check(phi)
+    with pytest.raises(ValueError, match="start `theta_init` nearer the mode"):
+        ls.LaplaceMarginal(log_joint, jnp.zeros(2)).check(phi)

@@ -1,9 +1,15 @@
 """Issue 18: every input and fault either works or says exactly what to fix.
 
 Each table row is (what the user did, the call, the exception, a phrase of the
-message that names the fix). Every one raises in Python, before anything is
-compiled (the `BandedHessian` width while tracing, since `d` is a shape).
+message that names the fix). Settings and data (sections 1-2) raise in Python,
+before anything is compiled (the `BandedHessian` width while tracing, since `d` is
+a shape); the prior covariance, structure and start checks (3-5) are failures as
+data inside a run and clear errors before or at its start; section 6 is
+`summary()`'s warnings.
 """
+
+import dataclasses
+import warnings
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -475,3 +481,51 @@ def test_check_passes_a_model_not_concave_at_theta_init_only():
     ls.LaplaceMarginal(log_joint, jnp.zeros(2), inner_solver=ls.BFGS()).check(phi)
     with pytest.raises(ValueError, match="start `theta_init` nearer the mode"):
         ls.LaplaceMarginal(log_joint, jnp.zeros(2)).check(phi)
+
+
+# --------------------------------------------------------------------------------
+# 6. `summary()` warns about max-tree-depth saturation and a short warm-up.
+# --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def normal_results():
+    return ls.sample(
+        jr.key(1),
+        ls.PlainDensity(lambda phi: -0.5 * jnp.sum(phi**2)),
+        jnp.zeros(2),
+        num_warmup=150,
+        num_samples=100,
+        num_chains=2,
+        progress_bar=False,
+    )
+
+
+def _summary_messages(results):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results.summary()
+    return "\n".join(str(w.message) for w in caught)
+
+
+def test_summary_tuning_warnings(normal_results):
+    text = _summary_messages(normal_results)
+    assert "maximum tree depth" not in text and "num_warmup" not in text
+    stats = dict(normal_results.sample_stats)
+    stats["reached_max_treedepth"] = np.zeros_like(stats["reached_max_treedepth"])
+    stats["reached_max_treedepth"][1, :56] = True  # 28% of 200 transitions
+    saturated = eqx.tree_at(lambda r: r.sample_stats, normal_results, stats)
+    text = _summary_messages(saturated)
+    assert "28% of the transitions hit the maximum tree depth" in text
+    assert "Raise `max_tree_depth`" in text and "priors" in text
+    stats["reached_max_treedepth"][1, :] = False
+    stats["reached_max_treedepth"][1, 0] = True  # 0.5%: no warning
+    once = eqx.tree_at(lambda r: r.sample_stats, normal_results, stats)
+    assert "maximum tree depth" not in _summary_messages(once)
+    short = dataclasses.replace(normal_results, num_warmup=20)
+    text = _summary_messages(short)
+    assert "`num_warmup=20` is shorter than the warm-up schedule" in text
+    assert "at least 150" in text
+    assert "not adapted" in _summary_messages(
+        dataclasses.replace(normal_results, num_warmup=10)
+    )

@@ -18,6 +18,7 @@ from ._hessian.base import (
 from ._linesearch import backtracking_armijo
 from ._misc import default_tolerance, max_abs, tree_where
 from ._results import RESULTS
+from ._validate import check_int, check_solver_settings
 
 
 class InnerSolution(eqx.Module):
@@ -112,11 +113,10 @@ class Newton(AbstractInnerSolver):
     max_backtracks: int = 30
 
     def __check_init__(self):
-        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ValueError(
-                f"`Newton(max_steps=...)` must be an integer >= 1, got "
-                f"{self.max_steps!r}."
-            )
+        check_solver_settings(
+            "Newton", self.max_steps, rtol=self.rtol, atol=self.atol, xtol=self.xtol
+        )
+        check_int("Newton(max_backtracks=...)", self.max_backtracks, 0)
 
     def solve(self, fn, theta0, phi, hessian):
         dtype = theta0.dtype
@@ -234,6 +234,11 @@ class _AbstractOptxSolver(AbstractInnerSolver):
     atol: eqx.AbstractVar[float | None]
     max_steps: eqx.AbstractVar[int]
 
+    def __check_init__(self):
+        check_solver_settings(
+            type(self).__name__, self.max_steps, rtol=self.rtol, atol=self.atol
+        )
+
     @abc.abstractmethod
     def _minimiser(self, dtype) -> optx.AbstractMinimiser:
         """The Optimistix minimiser, with tolerances resolved for `dtype`."""
@@ -293,6 +298,9 @@ class LBFGS(_AbstractOptxSolver):
     atol: float | None = None
     max_steps: int = 256
     history_length: int = 10
+
+    def __check_init__(self):
+        check_int("LBFGS(history_length=...)", self.history_length, 1)
 
     def _minimiser(self, dtype):
         rtol, atol = _tolerances(self, dtype)

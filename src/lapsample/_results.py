@@ -28,7 +28,61 @@ class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "larger `BlockDiagonalHessian(block_size=...)`, order the flattened `theta` "
         "so that coupled latents are neighbours, or use `DenseHessian()`."
     )
+    prior_not_positive_definite = (
+        "The prior covariance `K(phi)` of the latent-Gaussian marginal is not "
+        "symmetric positive definite at this `phi` (its Cholesky factor failed, or "
+        "`K` differs from `Kᵀ` beyond rounding), so the Gaussian prior and the "
+        "Laplace approximation are not defined there. Add a jitter to the "
+        "diagonal (e.g. `K + 1e-6 * jnp.eye(n)`), check the kernel's formula, or "
+        "constrain `phi` to where the kernel is valid."
+    )
     nonfinite_log_density = (
         "The log density, or its gradient, is not finite (NaN or inf)."
     )
     divergent = "The energy error of the trajectory exceeded the divergence threshold."
+
+
+# What to do about each code when it stops a run before it starts (the codes'
+# own messages say what happened; these add the fix in the user's terms).
+_FIXES = {
+    "inner_solve_failed": (
+        "The inner solve did not converge from `theta_init` at this `phi`: raise "
+        "the inner solver's `max_steps` (e.g. `Newton(max_steps=200)`, or "
+        "`LatentGaussianMarginal(max_steps=200)`), or start it nearer the mode "
+        "(for count models, `theta_init = log(y + 1)`)."
+    ),
+    "hessian_not_positive_definite": (
+        "The log joint is not concave in `theta` at this `phi` (its negative "
+        "Hessian is not positive definite at the point the inner solve reached): "
+        "check the signs of the log joint's terms (a sign error makes it convex), "
+        "that every latent has a proper prior, or use a Hessian jitter "
+        "(`DenseHessian(jitter=1e-8)`) for a nearly singular one. For a "
+        "likelihood that is not log-concave, start `theta_init` nearer the mode "
+        "(Newton cannot start where the curvature is negative) or use `BFGS()`."
+    ),
+    "structure_violated": (
+        "The Hessian in `theta` has curvature outside the structure that the "
+        "Hessian strategy assumes: use a wider `BandedHessian(bandwidth=...)`, "
+        "larger `BlockDiagonalHessian(block_size=...)`, reorder `theta`, or use "
+        "`DenseHessian()` (`lapsample.detect_hessian` finds the structure)."
+    ),
+    "prior_not_positive_definite": (
+        "Add a jitter to the diagonal of `K` (e.g. `K + 1e-6 * jnp.eye(n)`), check "
+        "the kernel's formula, or start at a `phi` where the kernel is valid."
+    ),
+    "nonfinite_log_density": (
+        "The log density or its gradient is NaN or infinite there: check the data "
+        "for NaN, and start at a `phi` inside the support of the prior."
+    ),
+}
+
+
+def failure_fix(result: RESULTS) -> str | None:
+    """For a concrete code other than `successful`: what happened and what to do,
+    in one sentence or two (`None` for `successful`)."""
+    for name, fix in _FIXES.items():
+        if bool(result == getattr(RESULTS, name)):
+            return f"Reason: {fix}"
+    if bool(result == RESULTS.successful):
+        return None
+    return f"Reason: {RESULTS[result]}"

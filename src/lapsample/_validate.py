@@ -159,3 +159,62 @@ def check_key(key) -> jax.Array:
         "`key` must be a single JAX PRNG key (`jax.random.key(seed)`); got an array "
         f"of shape {key.shape} and dtype {key.dtype}."
     )
+
+
+def _is_traced(value) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def check_tolerance(name: str, value) -> float | None:
+    """A solver tolerance: `None` (the dtype's default) or a finite number in
+    `[0, 1)`.
+
+    Every lapsample tolerance is relative (`rtol`, `xtol`: a fraction of the
+    objective or of `1 + max|theta|`) or an absolute tolerance on a log density
+    (`atol`, in nats) or Optimistix's Cauchy test, so a value of 1 or more
+    accepts a solve that has not started (`Newton(xtol=10)` stops after 0 steps),
+    and a negative or non-finite one can never be met or always is.
+    """
+    if value is None or _is_traced(value):
+        return value
+    if isinstance(value, bool) or not isinstance(
+        value, int | float | np.integer | np.floating | np.ndarray | jax.Array
+    ):
+        raise TypeError(
+            f"`{name}` must be a float in [0, 1) or None (the default), got {value!r}."
+        )
+    if np.ndim(value) != 0:
+        raise TypeError(f"`{name}` must be a scalar, got shape {np.shape(value)}.")
+    number = float(value)
+    if not (np.isfinite(number) and 0.0 <= number < 1.0):
+        raise ValueError(
+            f"`{name}` must be finite and in [0, 1), got {value!r}: a tolerance of "
+            "1 or more accepts a solve that has not converged, and a negative or "
+            "non-finite one makes no sense. Leave it as None (the dtype's default, "
+            "e.g. about 1e-11 in float64) or pass a small value such as 1e-8."
+        )
+    return number
+
+
+def check_nonnegative(name: str, value, fix: str) -> float | None:
+    """A finite, non-negative number (`None` passes); `fix` ends the message."""
+    if value is None or _is_traced(value):
+        return value
+    if isinstance(value, bool) or not isinstance(
+        value, int | float | np.integer | np.floating | np.ndarray | jax.Array
+    ):
+        raise TypeError(f"`{name}` must be a non-negative float, got {value!r}.")
+    if np.ndim(value) != 0:
+        raise TypeError(f"`{name}` must be a scalar, got shape {np.shape(value)}.")
+    number = float(value)
+    if not (np.isfinite(number) and number >= 0.0):
+        raise ValueError(f"`{name}` must be finite and >= 0, got {value!r}. {fix}")
+    return number
+
+
+def check_solver_settings(name: str, max_steps, **tolerances) -> None:
+    """Tolerances in `[0, 1)` (or `None`) and `max_steps` an int >= 1, for every
+    inner solver (and the latent-Gaussian Newton), before anything compiles."""
+    for field, value in tolerances.items():
+        check_tolerance(f"{name}({field}=...)", value)
+    check_int(f"{name}(max_steps=...)", max_steps, 1)

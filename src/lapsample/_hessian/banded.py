@@ -112,6 +112,15 @@ class BandedHessian(AbstractStructuredHessian):
         products in one batch (one pass of the model's code, not two)."""
         d = theta.shape[0]
         b = self.bandwidth
+        if b >= d:
+            # Shapes are static: refused while tracing, before XLA compiles an
+            # unrolled band wider than the matrix.
+            raise ValueError(
+                f"`BandedHessian(bandwidth={b})` needs a bandwidth below the size of "
+                f"the latent, but theta has {d} entries: a band that wide is a dense "
+                f"matrix. Use `DenseHessian()` instead, or a bandwidth of at most "
+                f"{d - 1}."
+            )
         probes = band_probes(d, b, theta.dtype)
         if extra is not None:
             probes = jnp.concatenate([probes, extra[None]])

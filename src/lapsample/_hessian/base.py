@@ -39,11 +39,18 @@ def probe_vector(theta: Float[Array, " d"]) -> Float[Array, " d"]:
 
 def structure_agrees(hz, az, scale) -> Bool[Array, ""]:
     """Whether the exact product `hz = H z` matches `az`, the product with the
-    matrix assembled under the assumed structure, up to `√eps` relative to
-    `max(|A| |z|)`. Non-finite entries pass: the positive-definiteness check
+    matrix assembled under the assumed structure, row by row: `|hz_i - az_i| <=
+    √eps·scale_i + eps·max(scale)`, with `scale = |A| |z|`.
+
+    Each row is compared with its own scale (the rounding of `(H z)_i` is of order
+    `eps·Σ_j |H_ij| |z_j|`, the row's own), so one very stiff latent (a curvature
+    of 1e9) no longer hides real coupling between ordinary ones, as one tolerance
+    for the whole Hessian (`√eps·max(scale)`) did. The `eps·max(scale)` floor
+    covers rows whose scale vanishes (`z_i = 0`) at the level of the largest
+    product's rounding. Non-finite entries pass: the positive-definiteness check
     reports them."""
     eps = jnp.finfo(hz.dtype).eps
-    tol = jnp.sqrt(eps) * jnp.max(scale, initial=0.0)
+    tol = jnp.sqrt(eps) * scale + eps * jnp.max(scale, initial=0.0)
     # Two reductions in all (each is a separate kernel on CPU).
     differ = jnp.abs(hz - az) > tol  # False where either is NaN
     finite = jnp.isfinite(hz) & jnp.isfinite(az)

@@ -14,6 +14,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
 
 from .._custom_types import FlatFn
 from .._factor import AbstractFactor
+from .._validate import check_nonnegative
 from .base import AbstractHessianStrategy, hvp, quadratic_form, second_directional
 
 
@@ -76,6 +77,14 @@ class DenseHessian(AbstractHessianStrategy):
     """
 
     jitter: float = 0.0
+
+    def __check_init__(self):
+        check_nonnegative(
+            "DenseHessian(jitter=...)",
+            self.jitter,
+            "A negative jitter subtracts curvature and biases the marginal: use 0 "
+            "(the default, exact) or a small positive value such as 1e-8.",
+        )
 
     def factorise(self, fn, theta, phi):
         matrix = jax.jacfwd(jax.grad(fn))(theta, phi)

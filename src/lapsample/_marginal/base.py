@@ -104,6 +104,13 @@ class AbstractLaplaceMarginal(AbstractMarginal):
         evaluated at `phi`."""
 
 
+@eqx.filter_jit
+def result_at(marginal: AbstractMarginal, phi: PyTree[ArrayLike]) -> RESULTS:
+    """The `RESULTS` code of `marginal` at one concrete `phi` (to explain a failure
+    before or at the start of a run)."""
+    return marginal(phi)[1].result
+
+
 class PlainDensity(AbstractMarginal):
     """An ordinary log density `logdensity_fn(phi)`, with no latent to integrate out.
 

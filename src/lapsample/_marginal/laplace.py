@@ -14,24 +14,34 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree
 from .._hessian.base import (
     AbstractHessianStrategy,
     AbstractStructuredHessian,
+    probe_vector,
     quadratic_form,
+    second_directional,
 )
 from .._hessian.dense import DenseHessian
 from .._inner import AbstractInnerSolver, Newton
 from .._misc import TreeRaveller
-from .._results import RESULTS
+from .._results import failure_fix, RESULTS
 from .._validate import check_float_tree, nonfinite_report, warn_if_low_precision
 from .ad import laplace_log_marginal
 from .base import (
     AbstractLaplaceMarginal,
     LaplaceConditional,
     MarginalAux,
+    result_at,
 )
 
 
 @eqx.filter_jit
 def _value_and_grads(log_joint, theta, phi):
     return jax.value_and_grad(log_joint, argnums=(0, 1))(theta, phi)
+
+
+@eqx.filter_jit
+def _curvatures_positive(fn, theta, phi):
+    directions = jnp.stack([jnp.ones_like(theta), probe_vector(theta) + 0.5])
+    curvatures = jax.vmap(lambda v: second_directional(fn, theta, phi, v))(directions)
+    return jnp.all(curvatures > 0)
 
 
 class _NegativeLogJoint(eqx.Module):
@@ -182,11 +192,28 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
                     f"not: {report}. Check the model for operations with infinite "
                     "slope there (sqrt(0), log near 0, abs)."
                 )
+        fn = _NegativeLogJoint(self.log_joint, self.raveller)
+        theta0 = self.raveller.ravel(self.theta_init)
+        phi = jtu.tree_map(jnp.asarray, phi)
         if isinstance(self.hessian, AbstractStructuredHessian):
-            self.hessian.check_structure(
-                _NegativeLogJoint(self.log_joint, self.raveller),
-                self.raveller.ravel(self.theta_init),
-                jtu.tree_map(jnp.asarray, phi),
+            self.hessian.check_structure(fn, theta0, phi)
+        self._check_concavity(fn, theta0, phi)
+
+    def _check_concavity(self, fn, theta0, phi) -> None:
+        # Two second directional derivatives of the negative log joint at
+        # theta_init (no d × d Hessian); a log joint that is not concave in theta
+        # there (a sign error) shows up as a curvature <= 0. Only then is the
+        # marginal itself evaluated (compiled), and only a failure there raises:
+        # a model that is merely not concave at theta_init (a non-log-concave
+        # likelihood) but fine at the mode passes.
+        if bool(_curvatures_positive(fn, theta0, phi)):
+            return
+        result = result_at(self, phi)
+        fix = failure_fix(result)
+        if fix is not None:
+            raise ValueError(
+                "The Laplace marginal fails at the starting `phi` "
+                f"({RESULTS[result].split('.')[0]}). {fix}"
             )
 
     @property

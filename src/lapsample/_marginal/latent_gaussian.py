@@ -62,13 +62,14 @@ from .._linalg.banded import (
 )
 from .._misc import default_tolerance
 from .._results import RESULTS
+from .._validate import check_int, check_solver_settings
 from .ad import finish_forward
 from .base import (
     AbstractLaplaceMarginal,
     LaplaceConditional,
     MarginalAux,
 )
-from .lg_covariance import b_factor, cov_cotangents, newton_cov
+from .lg_covariance import b_factor, cov_cotangents, covariance_ok, newton_cov
 from .lg_newton import NewtonSettings
 from .lg_precision import newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
@@ -271,8 +272,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     f"{theta_init.dtype}."
                 )
         check_recurrences(self.recurrences, "LatentGaussianMarginal")
-        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ValueError(f"`max_steps` must be an int >= 1, got {self.max_steps}.")
+        check_solver_settings("LatentGaussianMarginal", self.max_steps, xtol=self.xtol)
+        check_int("LatentGaussianMarginal(max_backtracks=...)", self.max_backtracks, 0)
 
     def _functions(self) -> _PhiFunctions:
         matrix = self.covariance if self.precision is None else self.precision
@@ -419,6 +420,9 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         else:
             lower, sqrt_w = b_factor(mat, w)
             chol_k = jnp.linalg.cholesky(mat)
+            # A K that is not symmetric still has a (wrong) factor of its lower
+            # triangle: no draws from it.
+            chol_k = jnp.where(covariance_ok(mat), chol_k, jnp.nan)
             half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
 
             def draw(key):
@@ -475,9 +479,18 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
 
     def check(self, phi: PyTree[ArrayLike]) -> None:
         """Check shapes and dtypes of the prior's matrix, mean and likelihood at
-        `phi` by tracing once (nothing is compiled); raises a `ValueError` that
-        names the mismatch."""
-        jax.eval_shape(self, jtu.tree_map(jnp.asarray, phi))
+        `phi` by tracing once, and (covariance form) that `K(phi)` is symmetric
+        positive definite there (compiling only the user's functions of `phi`);
+        raises a `ValueError` that names the mismatch or the fix."""
+        phi = jtu.tree_map(jnp.asarray, phi)
+        jax.eval_shape(self, phi)
+        if self.covariance is not None:
+            mat, _, _ = eqx.filter_jit(self._functions())(phi)
+            if not bool(covariance_ok(mat)):
+                raise ValueError(
+                    "At the starting `phi`: "
+                    + RESULTS[RESULTS.prior_not_positive_definite]
+                )
 
 
 LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**

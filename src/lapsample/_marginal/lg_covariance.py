@@ -2,6 +2,7 @@
 `B = I + W½ K W½` (Rasmussen & Williams, Alg. 3.1) and its cotangents (Alg. 5.1)."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Int
@@ -31,6 +32,21 @@ class _CovState(eqx.Module):
     def step_vector(self) -> Array:
         """The full Newton step in `theta`."""
         return self.theta_new - self.theta
+
+
+def covariance_ok(cov) -> Bool[Array, ""]:
+    """Whether `K` is symmetric (each `|K_ij - K_ji|` within `√eps·√(K_ii K_jj)`,
+    the scale that bounds the entries of a positive definite matrix) and positive
+    definite (a finite Cholesky factor). `B = I + W½ K W½` can be positive
+    definite for an indefinite `K` (where `W` is small), so its factor alone does
+    not tell; this costs one more Cholesky of an `n × n` matrix per evaluation."""
+    cov = jax.lax.stop_gradient(cov)
+    eps = jnp.finfo(cov.dtype).eps
+    diag = jnp.abs(jnp.diagonal(cov))
+    scale = jnp.sqrt(diag[:, None] * diag[None, :])
+    symmetric = jnp.all(jnp.abs(cov - cov.T) <= jnp.sqrt(eps) * scale)
+    positive = jnp.all(jnp.isfinite(jnp.linalg.cholesky(cov)))
+    return symmetric & positive
 
 
 def _cov_psi(lik, params, mean, a, theta):
@@ -112,6 +128,9 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
     s, result = damped_newton(state, move, trial_value, settings)
     result = RESULTS.where(
         jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
+    )
+    result = RESULTS.where(
+        covariance_ok(cov), result, RESULTS.prior_not_positive_definite
     )
     value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.lower)))
     return value, s.a, s.theta, s.lower, result, s.num_steps

@@ -7,14 +7,81 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
 from .._custom_types import Derivatives
 from .._validate import as_float
 
 
+def _y_eta(y, eta):
+    """`y·eta`, with `0·(-inf) = 0`: a zero count with zero exposure (log exposure
+    `-inf`) is a certain event, log probability 0."""
+    return jnp.where(y == 0, 0.0, y * eta)
+
+
 def _linear_predictor(theta, log_offset):
     return theta if log_offset is None else theta + log_offset
+
+
+def _concrete(x) -> np.ndarray | None:
+    """`x` as a NumPy array, or `None` when it is traced (data passed through
+    `jit` or `vmap` cannot be checked in Python)."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def _check_data(cls: str, y, exposure=None, offset=None, kind="real") -> None:
+    """Refuse, at construction, data that no term of the likelihood can take:
+    non-finite values, counts that are negative or not whole numbers, binary
+    outcomes outside {0, 1}, negative exposures, and a positive count with zero
+    exposure (probability 0). Skipped for traced data."""
+    for name, value in (("y", y), ("exposure", exposure), ("offset", offset)):
+        arr = _concrete(value)
+        if arr is not None and not np.all(np.isfinite(arr)):
+            where = np.argwhere(~np.isfinite(arr)).ravel()[:5].tolist()
+            raise ValueError(
+                f"`{cls}({name}=...)` has non-finite entries (NaN or inf) at "
+                f"{where}. Drop those observations, or impute them before building "
+                "the likelihood."
+            )
+    arr = _concrete(y)
+    if arr is not None and kind == "count":
+        bad = (arr < 0) | (arr != np.round(arr))
+        if np.any(bad):
+            where = np.flatnonzero(np.ravel(bad))[:5].tolist()
+            raise ValueError(
+                f"`{cls}(y=...)` must hold counts (non-negative whole numbers), but "
+                f"entries {where} are {np.ravel(arr)[where].tolist()}. Pass the raw "
+                "counts (not rates or transformed values), or use `Gaussian` for "
+                "continuous data."
+            )
+    if arr is not None and kind == "binary":
+        bad = (arr != 0) & (arr != 1)
+        if np.any(bad):
+            where = np.flatnonzero(np.ravel(bad))[:5].tolist()
+            raise ValueError(
+                f"`{cls}(y=...)` must hold 0 or 1, but entries {where} are "
+                f"{np.ravel(arr)[where].tolist()}. Code the outcomes as 0/1 (e.g. "
+                "`(y == level).astype(float)`)."
+            )
+    expo = _concrete(exposure)
+    if expo is not None:
+        if np.any(expo < 0):
+            raise ValueError(
+                f"`{cls}(exposure=...)` must be non-negative (it multiplies the "
+                f"rate), but its smallest entry is {float(np.min(expo))}. Pass "
+                "the exposures themselves, not their logarithms (use `offset=` for "
+                "a log-scale offset)."
+            )
+        if arr is not None and np.any(
+            np.broadcast_to(expo == 0, arr.shape) & (arr > 0)
+        ):
+            raise ValueError(
+                f"`{cls}`: a positive count with exposure 0 has probability 0. "
+                "Check the exposures, or drop those observations."
+            )
 
 
 def _log_offset(y, exposure, offset) -> Array | None:
@@ -79,6 +146,7 @@ class PoissonLog(AbstractLikelihood):
         exposure: ArrayLike | None = None,
         offset: ArrayLike | None = None,
     ):
+        _check_data("PoissonLog", y, exposure, offset, kind="count")
         self.y = as_float(y)
         self.log_offset = _log_offset(self.y, exposure, offset)
 
@@ -86,7 +154,7 @@ class PoissonLog(AbstractLikelihood):
         del params
         eta = _linear_predictor(theta, self.log_offset)
         rate = jnp.exp(eta)
-        value = self.y * eta - rate - jax.scipy.special.gammaln(self.y + 1)
+        value = _y_eta(self.y, eta) - rate - jax.scipy.special.gammaln(self.y + 1)
         return value, self.y - rate, -rate, -rate
 
 
@@ -120,6 +188,7 @@ class NegBinomial2Log(AbstractLikelihood):
         exposure: ArrayLike | None = None,
         offset: ArrayLike | None = None,
     ):
+        _check_data("NegBinomial2Log", y, exposure, offset, kind="count")
         self.y = as_float(y)
         self.log_offset = _log_offset(self.y, exposure, offset)
 
@@ -134,7 +203,7 @@ class NegBinomial2Log(AbstractLikelihood):
             gammaln(y + kappa)
             - gammaln(y + 1)
             - gammaln(kappa)
-            + y * eta
+            + _y_eta(y, eta)
             + kappa * log_kappa
             - (y + kappa) * log_mu_plus_kappa
         )
@@ -162,6 +231,7 @@ class BernoulliLogit(AbstractLikelihood):
     offset: Float[Array, " n"] | None
 
     def __init__(self, y: ArrayLike, offset: ArrayLike | None = None):
+        _check_data("BernoulliLogit", y, offset=offset, kind="binary")
         self.y = as_float(y)
         self.offset = _log_offset(self.y, None, offset)
 
@@ -193,6 +263,7 @@ class Gaussian(AbstractLikelihood):
     offset: Float[Array, " n"] | None
 
     def __init__(self, y: ArrayLike, offset: ArrayLike | None = None):
+        _check_data("Gaussian", y, offset=offset)
         self.y = as_float(y)
         self.offset = _log_offset(self.y, None, offset)
 

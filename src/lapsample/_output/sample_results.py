@@ -22,6 +22,13 @@ RHAT_THRESHOLD = 1.01
 # failures are ordinary rejections; above it the sampler is confined to where the
 # inner solve succeeds, which truncates the posterior.
 LAPLACE_FAILURE_THRESHOLD = 0.05
+# `summary()` warns when more than this share of transitions hit the maximum tree
+# depth (Stan's diagnostics report any; a few in a long run are harmless).
+TREEDEPTH_THRESHOLD = 0.01
+# Stan's warm-up windows at full size: a 75-iteration initial buffer, a first
+# 25-iteration slow window and a 50-iteration terminal buffer. With fewer warm-up
+# iterations they are scaled down (and below 20 the mass matrix is not adapted).
+FULL_SCHEDULE_WARMUP = 150
 
 _SCHEMA_ORDER = (
     "lp",
@@ -185,6 +192,36 @@ class SampleResults(eqx.Module):
             "warmup_divergences": np.asarray(self.num_warmup_divergences),
         }
 
+    def _tuning_problems(self, diagnostics: dict[str, Any]) -> list[str]:
+        """Max-tree-depth saturation and a warm-up shorter than its schedule."""
+        problems = []
+        hits = np.asarray(diagnostics["max_treedepth_hits"])
+        share = float(hits.sum() / max(1, self.num_chains * self.num_samples))
+        if share > TREEDEPTH_THRESHOLD:
+            problems.append(
+                f"{share:.0%} of the transitions hit the maximum tree depth (per "
+                f"chain: {hits.tolist()}): the trajectories were cut short, so the "
+                "chains explore slowly and the effective sample size is low. Raise "
+                "`max_tree_depth` (e.g. `laplace_nuts(..., max_tree_depth=12)`), "
+                "reparameterise the model (e.g. non-centred), or check the priors "
+                "of phi (a missing or very wide prior gives a flat, long posterior)."
+            )
+        if 0 < self.num_warmup < FULL_SCHEDULE_WARMUP:
+            problems.append(
+                f"`num_warmup={self.num_warmup}` is shorter than the warm-up "
+                f"schedule ({FULL_SCHEDULE_WARMUP} iterations at least: Stan's 75 + "
+                "25 + 50 windows), so its windows were shrunk"
+                + (
+                    " and the mass matrix was not adapted"
+                    if self.num_warmup < 20
+                    else ""
+                )
+                + ": the step size and mass matrix may be poorly tuned (acceptance "
+                "far from `target_accept`). Use `num_warmup` of at least "
+                f"{FULL_SCHEDULE_WARMUP} (the default 1000 is safer)."
+            )
+        return problems
+
     def _laplace_validity_message(self, failures: np.ndarray, fraction: float) -> str:
         dtype = np.result_type(*[np.asarray(x) for x in jtu.tree_leaves(self.phi)])
         precision = (
@@ -213,7 +250,9 @@ class SampleResults(eqx.Module):
         and tail ESS and R-hat of every variable of the posterior.
 
         Warns (`UserWarning`) when there were divergent transitions after
-        warm-up, failed inner solves, or any R-hat above 1.01; the counts are also
+        warm-up, failed inner solves, more than 1% of transitions at the maximum
+        tree depth, a warm-up shorter than its schedule (150 iterations), or any
+        R-hat above 1.01; the counts are also
         in `df.attrs["diagnostics"]` (see `diagnostics()`). When more than 5% of
         the transitions had a failed inner solve, the warning says that the
         Laplace approximation itself is in doubt and lists the usual fixes (more
@@ -257,6 +296,7 @@ class SampleResults(eqx.Module):
                 "that the log joint is concave in theta there, or give the inner "
                 "solver more steps."
             )
+        problems.extend(self._tuning_problems(diagnostics))
         if "r_hat" in df.columns:
             rhat = df["r_hat"].to_numpy(dtype=float)
             bad = [

@@ -6,8 +6,10 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
+from .._marginal.base import result_at
 from .._misc import TreeRaveller
 from .._output.sample_results import SampleResults
+from .._results import failure_fix
 from .._sampler import Sampler
 from .._trajectory import AbstractDynamicTrajectory
 from . import checkpoint as checkpoint_file
@@ -121,11 +123,19 @@ class Run:
                     redrawn,
                 )
                 continue
+            first = jtu.tree_map(lambda x: np.asarray(x)[bad[0]], positions)
+            # Evaluated once more there, for its `RESULTS` code and the fix.
+            reason = failure_fix(result_at(self.sampler.marginal, first))
             raise ValueError(
                 f"The log density is not finite at the starting point of chain(s) "
-                f"{bad.tolist()} (values {logdensity[bad].tolist()}): the inner solve "
-                "may have failed there, or the point is outside the support. Choose "
-                "another `initial_position`"
+                f"{bad.tolist()} (values {logdensity[bad].tolist()}). "
+                + (
+                    reason + " "
+                    if reason
+                    else "The inner solve may have failed there, or the point is "
+                    "outside the support. "
+                )
+                + "Or choose another `initial_position`"
                 + (" or a smaller `jitter`." if jitter > 0 else ".")
             )
         raise AssertionError("unreachable")  # pragma: no cover

@@ -21,11 +21,6 @@ from .schedule import MIN_WARMUP_FOR_MASS, schedule_flags, StepFlags
 from .settings import inverse_mass_array, jitter_positions, RunSettings
 
 
-# --------------------------------------------------------------------------------
-# The run.
-# --------------------------------------------------------------------------------
-
-
 class Run:
     """Everything about a run that is fixed when it starts (host side)."""
 

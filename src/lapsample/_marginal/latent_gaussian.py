@@ -69,7 +69,13 @@ from .base import (
     LaplaceConditional,
     MarginalAux,
 )
-from .lg_covariance import b_factor, cov_cotangents, covariance_ok, newton_cov
+from .lg_covariance import (
+    b_factor,
+    cov_cotangents,
+    covariance_ok,
+    covariance_symmetric,
+    newton_cov,
+)
 from .lg_newton import NewtonSettings
 from .lg_precision import newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
@@ -421,8 +427,10 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             lower, sqrt_w = b_factor(mat, w)
             chol_k = jnp.linalg.cholesky(mat)
             # A K that is not symmetric still has a (wrong) factor of its lower
-            # triangle: no draws from it.
-            chol_k = jnp.where(covariance_ok(mat), chol_k, jnp.nan)
+            # triangle: no draws from it. (The factor itself tells positive
+            # definiteness: no second Cholesky.)
+            k_ok = covariance_symmetric(mat) & jnp.all(jnp.isfinite(chol_k))
+            chol_k = jnp.where(k_ok, chol_k, jnp.nan)
             half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
 
             def draw(key):

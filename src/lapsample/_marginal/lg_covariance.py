@@ -34,19 +34,24 @@ class _CovState(eqx.Module):
         return self.theta_new - self.theta
 
 
-def covariance_ok(cov) -> Bool[Array, ""]:
-    """Whether `K` is symmetric (each `|K_ij - K_ji|` within `√eps·√(K_ii K_jj)`,
-    the scale that bounds the entries of a positive definite matrix) and positive
-    definite (a finite Cholesky factor). `B = I + W½ K W½` can be positive
-    definite for an indefinite `K` (where `W` is small), so its factor alone does
-    not tell; this costs one more Cholesky of an `n × n` matrix per evaluation."""
+def covariance_symmetric(cov) -> Bool[Array, ""]:
+    """Whether each `|K_ij - K_ji|` is within `√eps·√(K_ii K_jj)`, the scale that
+    bounds the entries of a positive definite matrix."""
     cov = jax.lax.stop_gradient(cov)
     eps = jnp.finfo(cov.dtype).eps
     diag = jnp.abs(jnp.diagonal(cov))
     scale = jnp.sqrt(diag[:, None] * diag[None, :])
-    symmetric = jnp.all(jnp.abs(cov - cov.T) <= jnp.sqrt(eps) * scale)
-    positive = jnp.all(jnp.isfinite(jnp.linalg.cholesky(cov)))
-    return symmetric & positive
+    return jnp.all(jnp.abs(cov - cov.T) <= jnp.sqrt(eps) * scale)
+
+
+def covariance_ok(cov) -> Bool[Array, ""]:
+    """Whether `K` is symmetric and positive definite (a finite Cholesky factor).
+    `B = I + W½ K W½` can be positive definite for an indefinite `K` (where `W` is
+    small), so its factor alone does not tell; this costs one more Cholesky of an
+    `n × n` matrix per evaluation (callers that factorise `K` anyway test their
+    own factor with `covariance_symmetric`)."""
+    lower = jnp.linalg.cholesky(jax.lax.stop_gradient(cov))
+    return covariance_symmetric(cov) & jnp.all(jnp.isfinite(lower))
 
 
 def _cov_psi(lik, params, mean, a, theta):

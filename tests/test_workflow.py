@@ -615,6 +615,181 @@ def test_fingerprint():
     assert zeros != _checkpoint.model_fingerprint(closing_over(jnp.ones(2)))
 
 
+def test_fingerprint_ignores_the_module_and_takes_prng_keys():
+    # The same function imported from another module (a notebook analysing a run's
+    # script) has the same fingerprint.
+    def log_density(x):
+        return -0.5 * jnp.sum(x**2)
+
+    here = _checkpoint.model_fingerprint(ls.PlainDensity(log_density))
+    legacy = _checkpoint.model_fingerprint(ls.PlainDensity(log_density), legacy=True)
+    log_density.__module__ = "run_script"
+    assert _checkpoint.model_fingerprint(ls.PlainDensity(log_density)) == here
+    # Checkpoints of version 1 (no `fingerprint_version`) included the module.
+    moved = _checkpoint.model_fingerprint(ls.PlainDensity(log_density), legacy=True)
+    assert moved != legacy
+
+    class Keyed(eqx.Module):
+        key: jax.Array
+        y: jax.Array
+
+        def __call__(self, theta, phi):
+            return -0.5 * jnp.sum((self.y - theta) ** 2) - 0.5 * phi**2
+
+    def keyed(key):
+        return ls.LaplaceMarginal(Keyed(key, seed_data()), jnp.zeros(SEED_N))
+
+    # A typed PRNG key: hashed by its bits (no NumPy TypeError), so that another key
+    # is another model.
+    a = _checkpoint.model_fingerprint(keyed(jr.key(0)))
+    assert a == _checkpoint.model_fingerprint(keyed(jr.key(0)))
+    assert a != _checkpoint.model_fingerprint(keyed(jr.key(1)))
+    assert a != _checkpoint.model_fingerprint(keyed(jr.key(0, impl="rbg")))
+    assert a != _checkpoint.model_fingerprint(keyed(jr.PRNGKey(0)))
+
+
+# --------------------------------------------------------------------------------
+# Resume by recomputation, continuing a finished run, a full disk.
+# --------------------------------------------------------------------------------
+
+# The seed configuration stopped after 60 of its 100 draws.
+_SHORT = 60
+
+
+@pytest.fixture(scope="module")
+def short_checkpoint(seed_results, tmp_path_factory):
+    """The seed configuration with 60 draws (same key), written to a checkpoint:
+    `(results, path)`. The file is copied before a test changes it."""
+    path = tmp_path_factory.mktemp("short") / "run.lsmp"
+    results = _seed_sample(num_samples=_SHORT, checkpoint=path)
+    assert not os.path.exists(str(path) + ".lock")  # the lock went with the run
+    return results, path
+
+
+def test_continue_run_is_one_longer_run(seed_results, short_checkpoint):
+    # 60 draws, then 40 more with the same key and no warm-up: the seed run's 100
+    # draws bit for bit (and no recompilation: the chunk function is the same).
+    short, _ = short_checkpoint
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_loop, "advance_chains", _SEED_ADVANCE_JIT)
+        more = ls.continue_run(
+            jr.key(SEED_KEY), short, 100 - _SHORT, chunk_size=25, progress_bar=False
+        )
+        # Another key: another, equally valid continuation of the same chains.
+        other = ls.continue_run(jr.key(1), short, 5, chunk_size=25, progress_bar=False)
+    assert more.num_samples == 100 and more.num_warmup == short.num_warmup
+    _assert_same_draws(more, seed_results)
+    assert np.array_equal(more.num_warmup_divergences, short.num_warmup_divergences)
+    assert np.array_equal(more.final_state.position, seed_results.final_state.position)
+    assert np.array_equal(other.phi[:, :_SHORT], short.phi)
+    assert not np.array_equal(other.phi[:, _SHORT:], seed_results.phi[:, _SHORT:65])
+    with pytest.raises(ValueError, match="`num_samples` must be at least 1"):
+        ls.continue_run(jr.key(1), short, 0)
+    with pytest.raises(TypeError, match="SampleResults"):
+        ls.continue_run(jr.key(1), short.phi, 10)
+
+
+def test_resume_extends_a_finished_checkpoint(seed_results, short_checkpoint, tmp_path):
+    short, finished = short_checkpoint
+    path = tmp_path / "run.lsmp"
+    shutil.copy(finished, path)
+    assert _header(path)["complete"]
+    # A finished checkpoint comes back as it is ...
+    _assert_same_draws(_seed_resume(path), short)
+    # ... or, with more draws, goes on: the seed run's 100 draws bit for bit.
+    _assert_same_draws(_seed_resume(path, num_samples=100), seed_results)
+    assert _header(path)["step"] == 250 and _header(path)["complete"]
+    with pytest.raises(ValueError, match="`num_samples` must be at least 100"):
+        ls.resume(path, _seed_marginal(), num_samples=99)
+
+
+def _edit_checkpoint(src, dst, edit):
+    """Copy the checkpoint `src` to `dst` with `edit(header, arrays)` applied."""
+    header, arrays = _checkpoint.read(src)
+    edit(header, arrays)
+    raw = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    with open(dst, "wb") as f:
+        np.savez(f, __header__=raw, **arrays)
+
+
+# The leaves of the seed configuration's chain state: position, log density,
+# gradient, latent mode, then the adaptation state.
+_LOGDENSITY, _GRAD = "carry/1", "carry/2"
+
+
+@pytest.mark.parametrize(
+    "leaf, scale, refused",
+    [
+        (_LOGDENSITY, 1e-12, False),  # round-off: the same model
+        (_GRAD, 1e-10, False),
+        (_LOGDENSITY, 1e-5, True),  # anything beyond: another model
+        (_GRAD, 1e-3, True),
+    ],
+)
+def test_resume_recomputes_the_log_density(
+    short_checkpoint, tmp_path, leaf, scale, refused
+):
+    # The fingerprint cannot see a changed global or helper function (the
+    # subprocess tests in test_resume_check.py show both); the recomputation
+    # compares the stored log density and gradient with the model's. Here the file
+    # is edited instead of the model.
+    _, finished = short_checkpoint
+    path = tmp_path / "run.lsmp"
+
+    def edit(header, arrays):
+        assert arrays[_LOGDENSITY].shape == arrays[_GRAD].shape == (4,)
+        arrays[leaf] = arrays[leaf] * (1 + scale)
+
+    _edit_checkpoint(finished, path, edit)
+    before = path.read_bytes()
+    if not refused:
+        ls.resume(path, _seed_marginal(), progress_bar=False)
+        return
+    what = "log density" if leaf == _LOGDENSITY else "different gradient"
+    with pytest.raises(ls.CheckpointError, match=f"different model.*{what}"):
+        ls.resume(path, _seed_marginal(), progress_bar=False)
+    assert path.read_bytes() == before
+
+
+def test_resume_reads_version_1_fingerprints(short_checkpoint, tmp_path):
+    # Checkpoints written before `fingerprint_version` named functions and types
+    # with their module: they are still compared that way.
+    short, finished = short_checkpoint
+    path = tmp_path / "run.lsmp"
+
+    def edit(header, arrays):
+        del header["fingerprint_version"]
+        header["fingerprint"] = _checkpoint.model_fingerprint(
+            _seed_marginal(), legacy=True
+        )
+
+    _edit_checkpoint(finished, path, edit)
+    _assert_same_draws(_seed_resume(path), short)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(seed_results, tmp_path, monkeypatch):
+    # The disk fills up at the third checkpoint: a clear error, the file holds the
+    # second one, and `resume` finishes the run bit for bit.
+    path = tmp_path / "run.lsmp"
+    savez = _checkpoint.np.savez
+    writes = []
+
+    def filling(f, **arrays):
+        writes.append(1)
+        if len(writes) == 3:
+            f.write(b"PK\x03\x04 part of an archive")
+            raise OSError(28, "No space left on device")
+        savez(f, **arrays)
+
+    monkeypatch.setattr(_checkpoint.np, "savez", filling)
+    with pytest.raises(OSError, match=r"disk is full.*still valid.*lapsample.resume"):
+        _seed_sample(checkpoint=path)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["run.lsmp"]  # no temporary file, no lock
+    assert _header(path)["step"] == 2 * SEED_SETTINGS["chunk_size"]
+    _assert_same_draws(_seed_resume(path), seed_results)
+
+
 # --------------------------------------------------------------------------------
 # Progress bar.
 # --------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ from ._trajectory import (
 )
 from ._validate import LowPrecisionWarning as LowPrecisionWarning
 from ._workflow.checkpoint import CheckpointError as CheckpointError
-from ._workflow.driver import resume as resume, sample as sample
+from ._workflow.driver import sample as sample
+from ._workflow.resume import continue_run as continue_run, resume as resume
 
 
 __version__ = importlib.metadata.version("lapsample")

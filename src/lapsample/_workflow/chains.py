@@ -217,3 +217,20 @@ def advance_chains_impl(
 # A module-level jitted function, so that every run with the same structure (model
 # type and shapes, number of chains, chunk length, options) shares one compilation.
 advance_chains = eqx.filter_jit(advance_chains_impl)
+
+
+def evaluate_chains_impl(sampler, positions, theta_guess, *, mesh, vectorized):
+    """The state of every chain at `positions` (leading chain axis), each inner solve
+    warm-started at the chain's `theta_guess` (`None` for a marginal without a
+    latent): the log density and gradient that `resume` compares with the
+    checkpoint's."""
+    dynamic, static = eqx.partition(sampler, eqx.is_array)
+
+    def one(dynamic, batched):
+        position, theta = batched
+        return eqx.combine(dynamic, static).init(position, theta)
+
+    return _over_chains(one, (positions, theta_guess), dynamic, mesh, vectorized)
+
+
+evaluate_chains = eqx.filter_jit(evaluate_chains_impl)

@@ -8,6 +8,7 @@ other entry is a plain array (`carry/<i>`, `draws/<i>`, `warmup/<i>`, `positions
 directory, flushed and fsynced, then renamed over the target with `os.replace`.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ import types
 import zipfile
 from typing import Any
 
+import jax
+import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
@@ -38,11 +41,31 @@ class CheckpointError(ValueError):
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def _describe_leaf(leaf, depth: int = 0) -> Any:
+# Version 2 names functions, callables and types without their module: the same
+# model imported from another file (`from run_script import marginal`) has the same
+# fingerprint. Checkpoints without a version were written with version 1.
+FINGERPRINT_VERSION = 2
+
+
+def _name(obj, legacy: bool) -> str:
+    qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    if not legacy:
+        return qualname
+    return f"{getattr(obj, '__module__', None) or ''}.{qualname}"
+
+
+def _describe_leaf(leaf, legacy: bool, depth: int = 0) -> Any:
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            # A typed PRNG key: its implementation and its raw bits.
+            impl = str(jr.key_impl(leaf))
+            leaf = jr.key_data(leaf)
+        else:
+            impl = None
         array = np.asarray(leaf)
         digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-        return ["array", list(array.shape), str(array.dtype), digest]
+        description = ["array", list(array.shape), str(array.dtype), digest]
+        return description if impl is None else ["key", impl, *description[1:]]
     if isinstance(leaf, bool | int | float | str | complex) or leaf is None:
         return [type(leaf).__name__, repr(leaf)]
     if isinstance(leaf, types.FunctionType):
@@ -60,25 +83,33 @@ def _describe_leaf(leaf, depth: int = 0) -> Any:
                 except ValueError:  # an empty cell
                     contents = None
                 cells.append(
-                    [_describe_leaf(x, depth + 1) for x in jtu.tree_leaves(contents)]
+                    [
+                        _describe_leaf(x, legacy, depth + 1)
+                        for x in jtu.tree_leaves(contents)
+                    ]
                 )
-        return ["function", f"{leaf.__module__}.{leaf.__qualname__}", code_hash, cells]
+        return ["function", _name(leaf, legacy), code_hash, cells]
     if callable(leaf):
-        module = getattr(leaf, "__module__", None) or ""
-        name = getattr(leaf, "__qualname__", None) or type(leaf).__qualname__
-        return ["callable", f"{module}.{name}"]
-    return ["object", f"{type(leaf).__module__}.{type(leaf).__qualname__}"]
+        return ["callable", _name(leaf, legacy)]
+    return ["object", _name(type(leaf), legacy)]
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model, legacy: bool = False) -> str:
     """A SHA-256 over the model's PyTree structure (types and static fields, with
-    memory addresses removed), and every leaf: arrays by shape, dtype and a hash of
-    their bytes; functions by qualified name, a hash of their bytecode and what their
-    closures hold; other callables by qualified name; scalars by value."""
+    memory addresses removed), and every leaf: arrays (and typed PRNG keys, by their
+    bits) by shape, dtype and a hash of their bytes; functions by qualified name, a
+    hash of their bytecode and what their closures hold; other callables by
+    qualified name; scalars by value. Names leave out the module (`legacy=True`:
+    with it, as checkpoints without a `fingerprint_version` were written).
+
+    It catches a different structure or different data held in the model before
+    anything compiles; `resume` then recomputes the log density at the checkpoint,
+    which catches what no fingerprint of Python code can see (globals, helper
+    functions, methods)."""
     leaves, treedef = jtu.tree_flatten(model)
     description = {
         "structure": _ADDRESS.sub("", str(treedef)),
-        "leaves": [_describe_leaf(leaf) for leaf in leaves],
+        "leaves": [_describe_leaf(leaf, legacy) for leaf in leaves],
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -145,23 +176,30 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
     `os.replace`."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    header = dict(header, magic=MAGIC, version=VERSION)
+    header = dict(
+        header, magic=MAGIC, version=VERSION, fingerprint_version=FINGERPRINT_VERSION
+    )
     payload = {_HEADER: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
     payload.update(arrays)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
+    existed = os.path.exists(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+        )
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise _write_failed(path, e, existed) from e
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -171,6 +209,23 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
             os.close(dir_fd)
     except OSError:  # pragma: no cover - platforms without directory fsync
         pass
+
+
+def _write_failed(path: str, error: OSError, existed: bool) -> OSError:
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    if existed:
+        after = (
+            f"The previous checkpoint in {path} is still valid and unchanged: free "
+            f"some space (or fix the cause) and continue the run with "
+            f"`lapsample.resume({path!r}, model)`."
+        )
+    else:
+        after = "No checkpoint was written: fix the cause and start the run again."
+    return OSError(
+        error.errno, f"Writing the checkpoint {path} failed: {reason}. {after}"
+    )
 
 
 def _not_a_checkpoint(path, reason: str) -> CheckpointError:
@@ -233,7 +288,8 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
 
 def preflight(path: str, overwrite: bool, initial_position) -> dict:
     """Check, before anything compiles, that a new run may write its checkpoint at
-    `path`; returns the encoded structure of `initial_position` for the header."""
+    `path` (after `check_path`, with the lock held); returns the encoded structure
+    of `initial_position` for the header."""
     if os.path.exists(path):
         if not is_checkpoint(path):
             raise FileExistsError(

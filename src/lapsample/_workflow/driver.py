@@ -1,9 +1,11 @@
-"""`sample` starts a run and `resume` continues one from a checkpoint."""
+"""`sample` starts a run."""
 
+import contextlib
 import os
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -16,9 +18,8 @@ from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler
 from .._validate import check_bool, check_key
-from . import checkpoint as checkpoint_file
-from .devices import place_on_mesh
-from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
+from . import checkpoint as checkpoint_file, checkpoint_lock as lock_file
+from .loop import Run, run_loop
 from .settings import (
     as_sampler,
     per_chain_positions,
@@ -26,6 +27,29 @@ from .settings import (
     unwrap_numpyro,
     with_postprocess,
 )
+
+
+def chain_keys(key, num_chains: int):
+    """`(jitter_key, key_data, key_impl)`: the key of the starting points' jitter
+    and the raw key of every chain (`(num_chains, ...)` host array)."""
+    jitter_key, chains_key = jr.split(key)
+    key_data = np.asarray(jr.key_data(jr.split(chains_key, num_chains)))
+    return jitter_key, key_data, str(jr.key_impl(key))
+
+
+@contextlib.contextmanager
+def writing_checkpoint(checkpoint):
+    """Check the path of `checkpoint` (or `None`) and hold its lock while the body
+    runs (only process 0 writes, so only it locks); yields the path as a `str`."""
+    if checkpoint is None:
+        yield None
+        return
+    path = lock_file.check_path(checkpoint)
+    if jax.process_index() != 0:
+        yield path
+        return
+    with lock_file.locked(path):
+        yield path
 
 
 # `fold_in` index of the key of `sample(..., laplace_check=True)`.
@@ -248,34 +272,34 @@ def sample(
             f"the model's marginal is a {type(sampler.marginal).__name__}."
         )
     structure = None
-    if checkpoint is not None:
-        checkpoint = os.fspath(checkpoint)
-        structure = checkpoint_file.preflight(checkpoint, overwrite, initial_position)
-    positions = per_chain_positions(
-        initial_position, settings.num_chains, settings.chain_axis
-    )
-    first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
-    if has_latent:
-        # Clear errors for a model that fails at the start, before any compilation.
-        sampler.marginal.check(first)
+    with writing_checkpoint(checkpoint) as checkpoint:
+        if checkpoint is not None:
+            structure = checkpoint_file.preflight(
+                checkpoint, overwrite, initial_position
+            )
+        positions = per_chain_positions(
+            initial_position, settings.num_chains, settings.chain_axis
+        )
+        first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+        if has_latent:
+            # Clear errors for a model that fails at the start, before compiling.
+            sampler.marginal.check(first)
 
-    key_impl = str(jr.key_impl(key))
-    jitter_key, chains_key = jr.split(key)
-    key_data = np.asarray(jr.key_data(jr.split(chains_key, settings.num_chains)))
-    run = Run(sampler, settings, key_data, key_impl)
+        jitter_key, key_data, key_impl = chain_keys(key, settings.num_chains)
+        run = Run(sampler, settings, key_data, key_impl)
 
-    carry, positions = run.start_chains(positions, jitter_key)
-    results = run_loop(
-        run,
-        carry,
-        positions,
-        start=0,
-        resumed=None,
-        progress_bar=progress_bar,
-        checkpoint=checkpoint,
-        structure=structure,
-        model=model,
-    )
+        carry, positions = run.start_chains(positions, jitter_key)
+        results = run_loop(
+            run,
+            carry,
+            positions,
+            start=0,
+            resumed=None,
+            progress_bar=progress_bar,
+            checkpoint=checkpoint,
+            structure=structure,
+            model=model,
+        )
     results = with_postprocess(results, postprocess)
     if laplace_check:
         # A stream of its own, so the draws are the same with or without the check.
@@ -288,104 +312,3 @@ def sample(
             lambda r: r.laplace_check, results, check, is_leaf=lambda x: x is None
         )
     return results
-
-
-def resume(
-    checkpoint: str | os.PathLike,
-    model: Sampler | AbstractMarginal | NumPyroModel,
-    *,
-    progress_bar: bool = True,
-) -> SampleResults:
-    """Continue a run of [`lapsample.sample`][] from its checkpoint file.
-
-    The model holds callables, which cannot be stored reliably, so pass the same
-    `model` again; the checkpoint keeps a fingerprint of its structure, array shapes,
-    dtypes and data, and a different model is refused. Everything else (key,
-    settings, chain and adaptation states, draws so far) comes from the file. The
-    run goes on writing checkpoints to the same file, and the draws are identical,
-    bit for bit, to those of an uninterrupted run. A finished checkpoint returns
-    its results at once.
-
-    **Arguments:**
-
-    - `checkpoint`: the checkpoint file written by `sample(..., checkpoint=...)`.
-    - `model`: the same `Sampler` or marginal that was passed to `sample`.
-    - `progress_bar`: as for [`lapsample.sample`][].
-
-    **Returns:**
-
-    A [`lapsample.SampleResults`][].
-
-    **Raises:**
-
-    `ValueError` if the file is truncated or not a lapsample checkpoint (it is left
-    untouched), or was written for a different model; `FileNotFoundError` if it
-    does not exist.
-    """
-    model, _, postprocess = unwrap_numpyro(model, None, need_position=False)
-    path = os.fspath(checkpoint)
-    header, arrays = checkpoint_file.read(path)
-    try:
-        settings = RunSettings.from_header(header["settings"])
-        step = int(header["step"])
-        fingerprint = header["fingerprint"]
-        structure = header["structure"]
-        key_impl = header["key_impl"]
-        counters = header["counters"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise checkpoint_file.CheckpointError(
-            f"{path} is not a usable lapsample checkpoint: its header lacks {e}. The "
-            "file was left unchanged."
-        ) from None
-    if checkpoint_file.model_fingerprint(model) != fingerprint:
-        raise checkpoint_file.CheckpointError(
-            f"The checkpoint {path} was written for a different model: the model "
-            "passed to `resume` differs in its structure, array shapes or dtypes, or "
-            "data. Pass the same model that was given to `sample`."
-        )
-    sampler = as_sampler(model)
-    run = Run(sampler, settings, arrays["key_data"], key_impl)
-
-    def entries(prefix):
-        names = sorted(
-            (n for n in arrays if n.startswith(prefix + "/")),
-            key=lambda n: int(n.split("/")[1]),
-        )
-        return [arrays[n] for n in names]
-
-    positions = checkpoint_file.decode_structure(structure, entries("positions"))
-    carry_template = run.setup_shape(positions)
-    carry_leaves = entries("carry")
-    template_leaves, carry_def = jtu.tree_flatten(carry_template)
-    check_leaves(path, "chain state", template_leaves, carry_leaves)
-    carry = jtu.tree_unflatten(carry_def, [jnp.asarray(x) for x in carry_leaves])
-    carry = place_on_mesh(carry, run.mesh, True)
-
-    template = run.records_shape(carry_template)
-    template_leaves, record_def = jtu.tree_flatten(template)
-    div_index = leaf_index(template_leaves, template.info.is_divergent)
-    draws = empty_like_records(template_leaves, settings.num_samples)
-    saved = entries("draws")
-    check_leaves(path, "draws", draws, saved, axis=1)
-    filled = max(0, step - settings.num_warmup)
-    for dst, src in zip(draws, saved):
-        dst[:, :filled] = src
-    warmup = None
-    if settings.save_warmup:
-        warmup = empty_like_records(template_leaves, settings.num_warmup)
-        saved = entries("warmup")
-        check_leaves(path, "warm-up draws", warmup, saved, axis=1)
-        for dst, src in zip(warmup, saved):
-            dst[:, : src.shape[1]] = src
-    results = run_loop(
-        run,
-        carry,
-        positions,
-        start=step,
-        resumed=(draws, warmup, counters, record_def, div_index),
-        progress_bar=progress_bar,
-        checkpoint=path,
-        structure=structure,
-        model=model,
-    )
-    return with_postprocess(results, postprocess)

@@ -151,7 +151,12 @@ def sample(
     rename), so a run killed at any moment leaves the last complete checkpoint.
     [`lapsample.resume`][] continues it and gives draws identical, bit for bit, to
     an uninterrupted run. An existing file is not overwritten unless
-    `overwrite=True`, and a file that is not a lapsample checkpoint never is.
+    `overwrite=True`, and a file that is not a lapsample checkpoint never is. The
+    path is checked before anything compiles (a missing or read-only directory is
+    an error that names the fix), and while the run writes it, it holds a lock file
+    beside it (`run.lsmp.lock`): a second run given the same path is refused. If a
+    write fails (a full disk), the error says that the previous checkpoint is still
+    valid. To draw more after a run, see [`lapsample.continue_run`][].
 
     **Arguments:**
 
@@ -211,7 +216,8 @@ def sample(
     `ValueError` for invalid settings, and for a starting point where the log
     density is not finite; `LaplaceMarginal.check` errors for a
     model that fails at the starting point; `FileExistsError` if `checkpoint`
-    exists and `overwrite` is `False`.
+    exists and `overwrite` is `False`, or another run holds its lock; `OSError`
+    (and `ValueError` for `""`) if it cannot be written.
 
     ??? cite "References"
 

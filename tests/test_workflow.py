@@ -14,6 +14,7 @@ import os
 import pty
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -694,10 +695,18 @@ def test_resume_extends_a_finished_checkpoint(seed_results, short_checkpoint, tm
     path = tmp_path / "run.lsmp"
     shutil.copy(finished, path)
     assert _header(path)["complete"]
-    # A finished checkpoint comes back as it is ...
+    # A finished checkpoint comes back as it is (only read: even while another
+    # process, here the live pid 1 of this host, holds its lock) ...
+    lock = tmp_path / "run.lsmp.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))
     _assert_same_draws(_seed_resume(path), short)
-    # ... or, with more draws, goes on: the seed run's 100 draws bit for bit.
+    # ... or, with more draws, goes on (once it can write the file): the seed run's
+    # 100 draws bit for bit.
+    with pytest.raises(FileExistsError, match="Another run is writing"):
+        _seed_resume(path, num_samples=100)
+    lock.unlink()
     _assert_same_draws(_seed_resume(path, num_samples=100), seed_results)
+    assert not lock.exists()
     assert _header(path)["step"] == 250 and _header(path)["complete"]
     with pytest.raises(ValueError, match="`num_samples` must be at least 100"):
         ls.resume(path, _seed_marginal(), num_samples=99)

@@ -54,7 +54,9 @@ def resume(
     Everything else (key, settings, chain and adaptation states, draws so far) comes
     from the file. The run goes on writing checkpoints to the same file (holding the
     lock beside it, as `sample` does), and the draws are identical, bit for bit, to
-    those of an uninterrupted run. A finished checkpoint returns its results at once,
+    those of an uninterrupted run. A finished checkpoint returns its results at once
+    (it is only read: several processes may do so together, even while another
+    holds the lock),
     or, with a larger `num_samples`, goes on sampling with the adapted step sizes,
     metrics and latent warm starts: the draws are those that one run with the larger
     `num_samples` would have given, bit for bit.
@@ -106,7 +108,10 @@ def resume(
     if num_samples is not None:
         num_samples = check_int("num_samples", num_samples, max(1, filled))
         settings = dataclasses.replace(settings, num_samples=num_samples)
-    with writing_checkpoint(path) as path:
+    # A finished checkpoint that is not extended is only read: no lock, so that
+    # several processes may load its results at once.
+    writes = step < settings.total
+    with writing_checkpoint(path if writes else None):
         sampler = as_sampler(model)
         run = Run(sampler, settings, arrays["key_data"], key_impl)
 

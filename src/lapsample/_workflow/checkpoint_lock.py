@@ -40,9 +40,9 @@ def check_path(path) -> str:
     except OSError as e:
         raise OSError(
             e.errno,
-            f"The checkpoint cannot be written in {directory} ({e.strerror or e}: a "
-            "read-only file system, or no permission to write there). Choose a "
-            "`checkpoint` path in a directory you can write to.",
+            f"The checkpoint cannot be written in {directory}: {e.strerror or e}. "
+            "Choose a `checkpoint` path in a directory you can write to (not on a "
+            "read-only file system).",
         ) from None
     return path
 

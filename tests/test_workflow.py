@@ -708,7 +708,7 @@ def test_resume_extends_a_finished_checkpoint(seed_results, short_checkpoint, tm
     _assert_same_draws(_seed_resume(path, num_samples=100), seed_results)
     assert not lock.exists()
     assert _header(path)["step"] == 250 and _header(path)["complete"]
-    with pytest.raises(ValueError, match="`num_samples` must be at least 100"):
+    with pytest.raises(ValueError, match="fewer than the 100 draws per chain already"):
         ls.resume(path, _seed_marginal(), num_samples=99)
 
 

@@ -106,7 +106,13 @@ def resume(
         )
     filled = max(0, step - settings.num_warmup)
     if num_samples is not None:
-        num_samples = check_int("num_samples", num_samples, max(1, filled))
+        num_samples = check_int("num_samples", num_samples, 1)
+        if num_samples < filled:
+            raise ValueError(
+                f"`num_samples={num_samples}` is fewer than the {filled} draws per "
+                f"chain already in {path}: pass the new total (at least {filled}), "
+                "or leave `num_samples` out to finish the run as it was started."
+            )
         settings = dataclasses.replace(settings, num_samples=num_samples)
     # A finished checkpoint that is not extended is only read: no lock, so that
     # several processes may load its results at once.

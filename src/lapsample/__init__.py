@@ -114,3 +114,22 @@ from ._workflow.driver import resume as resume, sample as sample
 
 
 __version__ = importlib.metadata.version("lapsample")
+
+
+def _public_module_names() -> None:
+    """Public classes and functions say they live in `lapsample` (tracebacks, reprs
+    and pickles name `lapsample.CheckpointError`, not the private module that
+    defines it); `lapsample.<name>` resolves to the same object, so pickling and
+    the API docs are unaffected."""
+    for name, obj in list(globals().items()):
+        module = getattr(obj, "__module__", None)
+        if (
+            not name.startswith("_")
+            and isinstance(module, str)
+            and module.startswith("lapsample.")
+            and getattr(obj, "__name__", None) == name
+        ):
+            obj.__module__ = __name__
+
+
+_public_module_names()

@@ -402,5 +402,7 @@ def test_sample_numpyro_loo(schools):
     theta = np.asarray(results.theta["theta"])
     expected = scipy.stats.norm.logpdf(Y_SCHOOLS, theta, SIGMA)
     np.testing.assert_allclose(idata.log_likelihood["obs"], expected, rtol=1e-10)
-    compared = az.compare({"a": idata, "b": idata})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Pareto.*", category=UserWarning)
+        compared = az.compare({"a": idata, "b": idata})
     assert len(compared) == 2

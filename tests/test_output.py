@@ -403,6 +403,8 @@ def test_sample_numpyro_loo(schools):
     expected = scipy.stats.norm.logpdf(Y_SCHOOLS, theta, SIGMA)
     np.testing.assert_allclose(idata.log_likelihood["obs"], expected, rtol=1e-10)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Pareto.*", category=UserWarning)
+        # k̂ warnings of a short run, and ArviZ 0.23's use of a pandas keyword
+        # that pandas deprecates (Pandas4Warning): not this test's business.
+        warnings.simplefilter("ignore")
         compared = az.compare({"a": idata, "b": idata})
     assert len(compared) == 2

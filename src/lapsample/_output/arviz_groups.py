@@ -65,15 +65,28 @@ def _named(value) -> dict[str, np.ndarray]:
 
 
 class _LatentGaussianPointwise(eqx.Module):
-    """`log p(y_i | theta_i, phi)` of every observation of a
-    `LatentGaussianMarginal`, from its likelihood's own terms."""
+    """`log p(y_i | eta_i, phi)` of every observation of a
+    `LatentGaussianMarginal`, from its likelihood's own terms, at the linear
+    predictor `eta = theta`, or `theta[index]` / `design @ theta` plus
+    `offset(phi)` for a marginal with an observation map (GLMMs)."""
 
     marginal: LatentGaussianMarginal
 
     def __call__(self, theta, phi):
-        params_fn = self.marginal.likelihood_params
-        params = None if params_fn is None else params_fn(phi)
-        return self.marginal.likelihood.derivatives(jnp.asarray(theta), params)[0]
+        m = self.marginal
+        eta = jnp.asarray(theta)
+        # The observation map and offset of GLMMs; `None` (absent) when unused.
+        index, design, offset = (
+            getattr(m, name, None) for name in ("index", "design", "offset")
+        )
+        if design is not None:
+            eta = jnp.asarray(design) @ eta
+        elif index is not None:
+            eta = eta[index]
+        if offset is not None:
+            eta = eta + jnp.asarray(offset(phi), eta.dtype)
+        params = None if m.likelihood_params is None else m.likelihood_params(phi)
+        return m.likelihood.derivatives(eta, params)[0]
 
 
 class _UserPointwise(eqx.Module):

@@ -219,7 +219,7 @@ def sample(
         ```
     """
     key = check_key(key)
-    model, initial_position, postprocess = unwrap_numpyro(model, initial_position)
+    model, initial_position, numpyro_model = unwrap_numpyro(model, initial_position)
     sampler = as_sampler(model)
     check_bool("progress_bar", progress_bar)
     check_bool("overwrite", overwrite)
@@ -279,7 +279,7 @@ def sample(
         model=model,
     )
     order = insertion_order(initial_position, "phi")
-    results = with_postprocess(results, postprocess, order)
+    results = with_postprocess(results, numpyro_model, order)
     if laplace_check:
         # A stream of its own, so the draws are the same with or without the check.
         check = run_laplace_check(
@@ -325,7 +325,7 @@ def resume(
     untouched), or was written for a different model; `FileNotFoundError` if it
     does not exist.
     """
-    model, _, postprocess = unwrap_numpyro(model, None, need_position=False)
+    model, _, numpyro_model = unwrap_numpyro(model, None, need_position=False)
     path = os.fspath(checkpoint)
     header, arrays = checkpoint_file.read(path)
     try:
@@ -391,4 +391,4 @@ def resume(
         structure=structure,
         model=model,
     )
-    return with_postprocess(results, postprocess)
+    return with_postprocess(results, numpyro_model)

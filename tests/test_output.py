@@ -20,6 +20,7 @@ import scipy.stats
 
 import lapsample as ls
 from lapsample._misc import insertion_order
+from lapsample._output.sample_results import SAMPLE_STATS
 
 from .helpers import import_arviz
 
@@ -32,18 +33,6 @@ CHAINS, DRAWS = 2, 40
 Y_COUNTS = np.array([0.0, 3.0, 1.0, 7.0, 2.0, 0.0, 4.0, 1.0])
 EXPOSURE = np.array([1.0, 2.0, 0.5, 3.0, 1.0, 1.5, 2.0, 1.0])
 N = Y_COUNTS.shape[0]
-_STATS = (
-    "lp",
-    "acceptance_rate",
-    "diverging",
-    "energy",
-    "step_size",
-    "n_steps",
-    "tree_depth",
-    "reached_max_treedepth",
-    "inner_steps",
-    "inner_failed",
-)
 
 
 def fake_results(model, phi, theta, *, chains=CHAINS, draws=DRAWS, **fields):
@@ -52,7 +41,7 @@ def fake_results(model, phi, theta, *, chains=CHAINS, draws=DRAWS, **fields):
     sampler = ls.Sampler(
         model, ls.Multinomial(), ls.NoUTurn(), step_size=1.0, inverse_mass_matrix=1.0
     )
-    stats = {name: np.zeros((chains, draws)) for name in _STATS}
+    stats = {name: np.zeros((chains, draws)) for name in SAMPLE_STATS}
     position = jax.tree_util.tree_map(lambda x: jnp.asarray(x[:, -1]), phi)
     final = ls.SamplerState(
         position=position,
@@ -359,6 +348,20 @@ def test_public_names_read_lapsample():
 # --------------------------------------------------------------------------------
 
 
+def _short_run(key, model, initial_position):
+    """Enough draws for LOO to run (not for the posterior), with `theta`."""
+    return ls.sample(
+        key,
+        model,
+        initial_position,
+        num_warmup=150,
+        num_samples=100,
+        num_chains=2,
+        sample_theta=True,
+        progress_bar=False,
+    )
+
+
 @pytest.mark.slow
 def test_sample_latent_gaussian_loo_and_order():
     model = ls.LatentGaussianMarginal(
@@ -366,16 +369,7 @@ def test_sample_latent_gaussian_loo_and_order():
         covariance=_gp,
         log_prior=lambda phi: -0.5 * phi["log_amp"] ** 2 - 0.5 * phi["z"] ** 2,
     )
-    results = ls.sample(
-        jr.key(0),
-        model,
-        {"z": 0.0, "log_amp": 0.0},
-        num_warmup=150,
-        num_samples=100,
-        num_chains=2,
-        sample_theta=True,
-        progress_bar=False,
-    )
+    results = _short_run(jr.key(0), model, {"z": 0.0, "log_amp": 0.0})
     idata = results.to_arviz()
     assert list(idata.posterior.data_vars) == ["z", "log_amp", "theta"]
     expected = scipy.stats.poisson.logpmf(
@@ -388,15 +382,7 @@ def test_sample_latent_gaussian_loo_and_order():
 
 @pytest.mark.slow
 def test_sample_numpyro_loo(schools):
-    results = ls.sample(
-        jr.key(1),
-        schools,
-        num_warmup=150,
-        num_samples=100,
-        num_chains=2,
-        sample_theta=True,
-        progress_bar=False,
-    )
+    results = _short_run(jr.key(1), schools, None)
     idata = results.to_arviz()
     assert list(idata.posterior.data_vars) == ["tau", "mu", "theta"]
     theta = np.asarray(results.theta["theta"])

@@ -31,7 +31,8 @@ TREEDEPTH_THRESHOLD = 0.01
 # iterations they are scaled down (and below 20 the mass matrix is not adapted).
 FULL_SCHEDULE_WARMUP = 150
 
-_SCHEMA_ORDER = (
+# The per-draw statistics of `sample_stats`, in the order ArviZ shows them.
+SAMPLE_STATS = (
     "lp",
     "acceptance_rate",
     "diverging",
@@ -185,8 +186,8 @@ class SampleResults(eqx.Module):
           and `theta` was drawn, else no group. `True`: the built-in one, or an
           error saying what is missing. `False`: no group. A function
           `(theta, phi) -> array` (or a dict of arrays, one per observed
-          variable), for one draw, with one value per observation; it is mapped
-          over chains and draws and compiled.
+          variable), for one draw, with one value per observation, written
+          with JAX (it is mapped over chains and draws and compiled).
         - `coords`, `dims`: passed to `arviz.from_dict`, to name the axes of
           variables (e.g. `dims={"theta": ["county"], "y": ["county"]}`).
 
@@ -223,7 +224,7 @@ class SampleResults(eqx.Module):
             kwargs["log_likelihood"] = pointwise
         return az.from_dict(
             posterior=self._posterior_dict(self.phi, self.theta),
-            sample_stats={k: self.sample_stats[k] for k in _SCHEMA_ORDER},
+            sample_stats={k: self.sample_stats[k] for k in SAMPLE_STATS},
             coords=coords,
             dims=dims,
             **kwargs,

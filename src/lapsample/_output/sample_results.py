@@ -369,7 +369,7 @@ class SampleResults(eqx.Module):
             if self.laplace_check.verdict == "bad":
                 problems.append(self.laplace_check.message)
         if problems:
-            warnings.warn("\n".join(problems), UserWarning, stacklevel=2)
+            warnings.warn("\n".join(problems), UserWarning, stacklevel=3)
         return df
 
     def print_summary(self, **kwargs) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 import lapsample
 from lapsample._factor import factor_result
+from lapsample._hessian import banded as banded_module
 from lapsample._hessian.base import factorise_and_solve
 from lapsample._linalg.banded import band_selected_inverse
 from lapsample._marginal.laplace import _NegativeLogJoint
@@ -183,6 +184,37 @@ def test_gradient_against_central_differences(case):
     # Central differences of a converged marginal: error O(h²·f''') + O(eps/h),
     # about 1e-6 here.
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5)
+
+
+def test_long_latents_take_the_probes_one_at_a_time(case, monkeypatch):
+    # Above a size limit `BandedHessian` runs its probes through one linearisation
+    # one at a time (less memory at T = 10⁷); the numbers are those of the batch.
+    name, log_joint, phi, structured, out = case
+    if not isinstance(structured, lapsample.BandedHessian):
+        pytest.skip("only the banded strategy batches its probes")
+    _, v_batch, g_batch, _ = out["structured"]
+    d = out["structured"][3].shape[0]
+    marginal = lapsample.LaplaceMarginal(log_joint, jnp.zeros(d), hessian=structured)
+
+    def jaxpr():
+        return str(jax.make_jaxpr(lambda p: marginal(p, jnp.zeros(d))[0])(phi))
+
+    # The one-at-a-time branch is a loop over the 2b + 1 probes of the band (2b + 2
+    # with the structure check's).
+    b = structured.bandwidth
+    probe_loops = {f"length={2 * b + 1}", f"length={2 * b + 2}"}
+    assert not any(loop in jaxpr() for loop in probe_loops)
+    monkeypatch.setattr(banded_module, "_BATCHED_PROBES_LIMIT", 0)
+    jax.clear_caches()  # inner traces are cached; the limit is read while tracing
+    assert any(loop in jaxpr() for loop in probe_loops)
+    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(
+        phi, jnp.zeros(d)
+    )
+    assert aux.result == lapsample.RESULTS.successful
+    np.testing.assert_allclose(value, v_batch, rtol=1e-12)
+    np.testing.assert_allclose(grad, g_batch, rtol=1e-9, atol=1e-12)
+    monkeypatch.undo()
+    jax.clear_caches()  # later tests trace the batched branch again
 
 
 def test_batched_over_chains_equals_one_at_a_time(case):

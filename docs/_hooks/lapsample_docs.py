@@ -3,6 +3,10 @@
 - **API coverage.** Every public name of `lapsample` (the `Name as Name` re-exports in
   `src/lapsample/__init__.py`) must be documented with `::: lapsample.Name` on a page
   under `docs/api/`; otherwise the build fails with a message naming what is missing.
+- **No Python internals on API pages.** An API page that documents a dunder
+  attribute other than `__init__` and `__call__` (`__dataclass_fields__`,
+  `__match_args__`, `__weakref__`, ... with the builtins' docstrings) fails the build;
+  the `filters` option of mkdocstrings in `mkdocs.yml` keeps them out.
 - **Excerpts of repository files.** A line `<!-- include: PATH -->` in a page is
   replaced by the Markdown file PATH (relative to the repository root) without its
   title; `<!-- include: PATH#Heading -->` by the section whose heading starts with
@@ -25,6 +29,9 @@ INIT = ROOT / "src" / "lapsample" / "__init__.py"
 _DIRECTIVE = re.compile(r"^\s*:::\s+lapsample\.([A-Za-z_][A-Za-z0-9_]*)\s*$", re.M)
 _INCLUDE = re.compile(r"^<!--\s*include:\s*([^#\s]+)(?:#(.+?))?\s*-->\s*$", re.M)
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
+# The anchor mkdocstrings gives a documented member: `id="lapsample.Name.member"`.
+_MEMBER_ID = re.compile(r'id="(lapsample(?:\.[A-Za-z_][A-Za-z0-9_]*)+)"')
+_ALLOWED_DUNDERS = {"__init__", "__call__"}
 _RELATIVE_LINK = re.compile(r"\[([^\]]+)\]\((?!https?://|#|mailto:)[^)]*\)")
 
 
@@ -59,6 +66,32 @@ def on_config(config):
             "class with `members: [__init__]`)."
         )
     return config
+
+
+def dunder_members(html: str) -> list[str]:
+    """The documented members in a rendered page that are Python internals: dunders
+    other than `__init__` and `__call__`, e.g.
+    `lapsample.SampleResults.__match_args__`."""
+    found = []
+    for path in _MEMBER_ID.findall(html):
+        last = path.rsplit(".", 1)[-1]
+        is_dunder = last.startswith("__") and last.endswith("__")
+        if is_dunder and last not in _ALLOWED_DUNDERS and path not in found:
+            found.append(path)
+    return found
+
+
+def on_page_content(html, page, config, files):
+    if page.file.src_uri.startswith("api/"):
+        internals = dunder_members(html)
+        if internals:
+            raise PluginError(
+                f"{page.file.src_uri} documents Python internals: "
+                + ", ".join(internals)
+                + ". Keep them out with the `filters` option of mkdocstrings in "
+                "mkdocs.yml, or list the page's `members:` explicitly."
+            )
+    return html
 
 
 def _lines_outside_fences(lines):

@@ -115,3 +115,29 @@ from ._workflow.resume import continue_run as continue_run, resume as resume
 
 
 __version__ = importlib.metadata.version("lapsample")
+
+
+def _public_module_names() -> None:
+    """Public classes and functions say they live in `lapsample` (tracebacks, reprs
+    and pickles name `lapsample.CheckpointError`, not the private module that
+    defines it); `lapsample.<name>` resolves to the same object, so pickling is
+    unaffected. A class's own methods and properties move with it, so that tools
+    that inspect the package (the API docs) see one consistent home."""
+    for name, obj in list(globals().items()):
+        module = getattr(obj, "__module__", None)
+        if (
+            name.startswith("_")
+            or not isinstance(module, str)
+            or not module.startswith("lapsample.")
+            or getattr(obj, "__name__", None) != name
+        ):
+            continue
+        obj.__module__ = __name__
+        for member in vars(obj).values() if isinstance(obj, type) else ():
+            for fn in (member, *(getattr(member, a, None) for a in _ACCESSORS)):
+                if getattr(fn, "__module__", None) == module:
+                    fn.__module__ = __name__
+
+
+_ACCESSORS = ("fget", "fset", "__func__")
+_public_module_names()

@@ -156,3 +156,26 @@ def variable_names(tree: PyTree, base: str) -> list[tuple[str, Any]]:
             parts.insert(0, base)
         out.append((".".join(parts), leaf))
     return out
+
+
+def insertion_order(tree: PyTree, base: str) -> tuple[str, ...]:
+    """The names of `variable_names(tree, base)` in the order the user wrote them:
+    dicts in their insertion order (JAX flattens them in sorted key order), other
+    containers in their own order."""
+    pairs = jtu.tree_flatten_with_path(tree)[0]
+    names = [name for name, _ in variable_names(tree, base)]
+
+    def rank(index):
+        node, ranks = tree, []
+        for key in pairs[index][0]:
+            if isinstance(node, dict) and isinstance(key, jtu.DictKey):
+                ranks.append(list(node).index(key.key))
+                node = node[key.key]
+            elif isinstance(node, list | tuple) and isinstance(key, jtu.SequenceKey):
+                ranks.append(key.idx)
+                node = node[key.idx]
+            else:
+                break
+        return tuple(ranks), index
+
+    return tuple(names[i] for i in sorted(range(len(names)), key=rank))

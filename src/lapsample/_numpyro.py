@@ -240,6 +240,19 @@ class NumPyroModel(eqx.Module):
         `results.to_arviz()` and `results.summary()` show the sites."""
         return _as_numpy(self.constrain(phi, theta, batch_ndims=2))
 
+    def pointwise_log_likelihood(self, phi, theta) -> dict[str, np.ndarray]:
+        """`log p(y_i | theta, phi)` of every observed site at draws with leading
+        axes `(chains, draws)` (NumPyro's `numpyro.infer.util.log_likelihood` on
+        the constrained draws), keyed by site name: the `log_likelihood` group of
+        `results.to_arviz()`."""
+        numpyro = _import_numpyro("NumPyroModel.pointwise_log_likelihood")
+        samples = self.constrain(phi, theta, batch_ndims=2)
+        samples = {k: v for k, v in samples.items() if k in set(phi) | set(theta)}
+        values = numpyro.infer.util.log_likelihood(
+            self.model, samples, *self.model_args, batch_ndims=2, **self.model_kwargs
+        )
+        return _as_numpy(values)
+
     def to_arviz(self, results: SampleResults):
         """`results` as an `arviz.InferenceData`, with the constrained values under
         the site names: `tau`, not its logarithm; `theta` with the site's shape.
@@ -256,9 +269,9 @@ class NumPyroModel(eqx.Module):
         An `arviz.InferenceData`.
         """
         named = eqx.tree_at(
-            lambda r: r.postprocess,
+            lambda r: (r.postprocess, r.pointwise_log_likelihood),
             results,
-            self.postprocess,
+            (self.postprocess, self.pointwise_log_likelihood),
             is_leaf=lambda x: x is None,
         )
         return named.to_arviz()

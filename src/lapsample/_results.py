@@ -1,45 +1,59 @@
+import warnings
+
 import optimistix as optx
 
 
-class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
-    """Outcome codes of lapsample's numerical pieces.
+# Lineax's `successful` has an empty message, which Equinox shows as `RESULTS<>`;
+# giving it one here (Equinox warns that it replaces the inherited message) makes
+# a successful result print as `lapsample.RESULTS<successful>`.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    Extends `optimistix.RESULTS` (and through it `lineax.RESULTS`), so codes from
-    Optimistix solvers are promoted with `RESULTS.promote(...)` and compared directly.
-    A code other than `RESULTS.successful` inside a sampler is a rejected, counted
-    transition, never an exception.
-    """
+    class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
+        """Outcome codes of lapsample's numerical pieces.
 
-    hessian_not_positive_definite = (
-        "The negative Hessian of the log joint in `theta` is not positive definite at "
-        "the point returned by the inner solver, so the Laplace approximation is not "
-        "defined there. The log joint may not be concave in `theta` at this `phi`, or "
-        "the inner solve stopped at a saddle point."
-    )
-    inner_solve_failed = (
-        "The inner solver did not find the mode of the log joint in `theta` within "
-        "`max_steps`. Increase `max_steps`, use `Newton()` (the default inner "
-        "solver), or check that the log joint is concave in `theta`."
-    )
-    structure_violated = (
-        "The Hessian of the log joint in `theta` has curvature outside the structure "
-        "that the Hessian strategy assumes (diagonal, banded or block diagonal), so "
-        "its factor would be wrong. Use a wider `BandedHessian(bandwidth=...)` or "
-        "larger `BlockDiagonalHessian(block_size=...)`, order the flattened `theta` "
-        "so that coupled latents are neighbours, or use `DenseHessian()`."
-    )
-    prior_not_positive_definite = (
-        "The prior covariance `K(phi)` of the latent-Gaussian marginal is not "
-        "symmetric positive definite at this `phi` (its Cholesky factor failed, or "
-        "`K` differs from `Kᵀ` beyond rounding), so the Gaussian prior and the "
-        "Laplace approximation are not defined there. Add a jitter to the "
-        "diagonal (e.g. `K + 1e-6 * jnp.eye(n)`), check the kernel's formula, or "
-        "constrain `phi` to where the kernel is valid."
-    )
-    nonfinite_log_density = (
-        "The log density, or its gradient, is not finite (NaN or inf)."
-    )
-    divergent = "The energy error of the trajectory exceeded the divergence threshold."
+        Extends `optimistix.RESULTS` (and through it `lineax.RESULTS`), so codes
+        from Optimistix solvers are promoted with `RESULTS.promote(...)` and
+        compared directly. A code other than `RESULTS.successful` inside a sampler
+        is a rejected, counted transition, never an exception. A code prints as
+        `lapsample.RESULTS<its message>`, e.g. `lapsample.RESULTS<successful>`.
+        """
+
+        successful = "successful"
+
+        hessian_not_positive_definite = (
+            "The negative Hessian of the log joint in `theta` is not positive definite"
+            " at the point returned by the inner solver, so the Laplace approximation "
+            "is not defined there. The log joint may not be concave in `theta` at this"
+            " `phi`, or the inner solve stopped at a saddle point."
+        )
+        inner_solve_failed = (
+            "The inner solver did not find the mode of the log joint in `theta` within"
+            " `max_steps`. Increase `max_steps`, use `Newton()` (the default inner "
+            "solver), or check that the log joint is concave in `theta`."
+        )
+        structure_violated = (
+            "The Hessian of the log joint in `theta` has curvature outside the "
+            "structure that the Hessian strategy assumes (diagonal, banded or block "
+            "diagonal), so its factor would be wrong. Use a wider "
+            "`BandedHessian(bandwidth=...)` or larger "
+            "`BlockDiagonalHessian(block_size=...)`, order the flattened `theta` so "
+            "that coupled latents are neighbours, or use `DenseHessian()`."
+        )
+        prior_not_positive_definite = (
+            "The prior covariance `K(phi)` of the latent-Gaussian marginal is not "
+            "symmetric positive definite at this `phi` (its Cholesky factor failed, or"
+            " `K` differs from `Kᵀ` beyond rounding), so the Gaussian prior and the "
+            "Laplace approximation are not defined there. Add a jitter to the diagonal"
+            " (e.g. `K + 1e-6 * jnp.eye(n)`), check the kernel's formula, or constrain"
+            " `phi` to where the kernel is valid."
+        )
+        nonfinite_log_density = (
+            "The log density, or its gradient, is not finite (NaN or inf)."
+        )
+        divergent = (
+            "The energy error of the trajectory exceeded the divergence threshold."
+        )
 
 
 # What to do about each code when it stops a run before it starts (the codes'

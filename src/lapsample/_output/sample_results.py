@@ -9,8 +9,9 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from .._misc import import_arviz, variable_names
+from .._misc import import_arviz
 from .._sampler import Sampler, SamplerState
+from .arviz_groups import pointwise_log_likelihood, posterior_variables
 from .check_results import LaplaceCheckResults
 
 
@@ -30,7 +31,8 @@ TREEDEPTH_THRESHOLD = 0.01
 # iterations they are scaled down (and below 20 the mass matrix is not adapted).
 FULL_SCHEDULE_WARMUP = 150
 
-_SCHEMA_ORDER = (
+# The per-draw statistics of `sample_stats`, in the order ArviZ shows them.
+SAMPLE_STATS = (
     "lp",
     "acceptance_rate",
     "diverging",
@@ -79,6 +81,16 @@ class SampleResults(eqx.Module):
       they are. `sample` sets it for a [`lapsample.NumPyroModel`][]: the model's
       sites in their constrained space (`tau`, not its logarithm), with
       deterministic sites when `theta` was drawn.
+    - `pointwise_log_likelihood`: `(phi, theta) -> {name: array}`, the
+      log-likelihood of each observation at draws with leading axes `(chains,
+      draws)`, which `to_arviz()` puts in its `log_likelihood` group; `sample`
+      sets it for a [`lapsample.NumPyroModel`][] (its observed sites). `None`
+      otherwise (a [`lapsample.LatentGaussianMarginal`][] needs none: its
+      likelihood gives the terms).
+    - `phi_order`: the names of `phi`'s variables in the order of the initial
+      position that `sample` was given (JAX orders dict keys alphabetically);
+      `to_arviz()` and `summary()` list the variables in this order, `phi` before
+      `theta`. `None` keeps the PyTree's order.
 
     `to_arviz()` gives an `arviz.InferenceData`, `summary()` a table with R-hat and
     ESS, `print_summary()` prints it with the diagnostics.
@@ -98,6 +110,8 @@ class SampleResults(eqx.Module):
     sampler: Sampler
     laplace_check: LaplaceCheckResults | None = None
     postprocess: Callable[..., dict[str, Any]] | None = None
+    pointwise_log_likelihood: Callable[..., dict[str, Any]] | None = None
+    phi_order: tuple[str, ...] | None = eqx.field(static=True, default=None)
 
     @property
     def num_chains(self) -> int:
@@ -128,34 +142,64 @@ class SampleResults(eqx.Module):
         )
 
     def _posterior_dict(self, phi, theta) -> dict[str, np.ndarray]:
-        if self.postprocess is not None:
-            named = self.postprocess(phi, theta)
-            return {name: np.asarray(value) for name, value in named.items()}
-        out = {}
-        for name, leaf in variable_names(phi, "phi"):
-            out[name] = np.asarray(leaf)
-        if theta is not None:
-            for name, leaf in variable_names(theta, "theta"):
-                if name in out:
-                    name = f"theta.{name}"
-                out[name] = np.asarray(leaf)
-        return out
+        return posterior_variables(phi, theta, self.postprocess, self.phi_order)
 
-    def to_arviz(self):
+    def to_arviz(
+        self,
+        log_likelihood: bool | Callable[..., Any] | None = None,
+        *,
+        coords: dict[str, Any] | None = None,
+        dims: dict[str, list[str]] | None = None,
+    ):
         """The draws as an `arviz.InferenceData`.
 
         - `posterior`: `phi`, named from its PyTree (a bare array is `phi`, a dict
-          gives its keys, nested levels are joined with `.`), and the draws of
-          `theta` when they were requested (a bare array is `theta`; names that
-          clash with `phi`'s get a `theta.` prefix).
+          gives its keys, nested levels are joined with `.`) in the order of the
+          initial position given to `sample`, then the draws of `theta` when they
+          were requested (a bare array is `theta`; names that clash with `phi`'s
+          get a `theta.` prefix).
+        - `log_likelihood`: `log p(y_i | theta, phi)` of every observation at
+          every draw, for `az.loo`, `az.waic` and `az.compare` (see below).
         - `sample_stats`: `lp`, `acceptance_rate`, `diverging`, `energy`,
           `step_size`, `n_steps`, `tree_depth`, `reached_max_treedepth`,
           `inner_steps`, `inner_failed`.
         - `warmup_posterior`, `warmup_sample_stats` when `save_warmup=True`.
 
+        The pointwise log-likelihood is evaluated at the joint draws of `theta` and
+        `phi`, so it needs `sample(..., sample_theta=True)`. It is built in for a
+        [`lapsample.LatentGaussianMarginal`][] (its likelihood's terms, named `y`)
+        and a [`lapsample.NumPyroModel`][] (NumPyro's
+        `numpyro.infer.util.log_likelihood` of each observed site, named by site);
+        for a [`lapsample.LaplaceMarginal`][] pass your own:
+
+        ```python
+        def log_lik(theta, phi):      # one draw -> one value per observation
+            return jax.scipy.stats.poisson.logpmf(y, jnp.exp(theta))
+
+        idata = results.to_arviz(log_likelihood=log_lik)
+        az.loo(idata)
+        ```
+
+        **Arguments:**
+
+        - `log_likelihood`: `None` (default): the built-in one when there is one
+          and `theta` was drawn, else no group. `True`: the built-in one, or an
+          error saying what is missing. `False`: no group. A function
+          `(theta, phi) -> array` (or a dict of arrays, one per observed
+          variable), for one draw, with one value per observation, written
+          with JAX (it is mapped over chains and draws and compiled).
+        - `coords`, `dims`: passed to `arviz.from_dict`, to name the axes of
+          variables (e.g. `dims={"theta": ["county"], "y": ["county"]}`).
+
         **Returns:**
 
         An `arviz.InferenceData`.
+
+        **Raises:**
+
+        `ValueError` when `log_likelihood` is a function or `True` and the results
+        have no draws of `theta`, or when it is `True` and the model has no
+        likelihood of its own.
 
         !!! info
 
@@ -169,9 +213,20 @@ class SampleResults(eqx.Module):
                 warmup_sample_stats=dict(self.warmup_sample_stats or {}),
                 save_warmup=True,
             )
+        pointwise = pointwise_log_likelihood(
+            log_likelihood,
+            self.sampler.marginal,
+            self.phi,
+            self.theta,
+            self.pointwise_log_likelihood,
+        )
+        if pointwise is not None:
+            kwargs["log_likelihood"] = pointwise
         return az.from_dict(
             posterior=self._posterior_dict(self.phi, self.theta),
-            sample_stats={k: self.sample_stats[k] for k in _SCHEMA_ORDER},
+            sample_stats={k: self.sample_stats[k] for k in SAMPLE_STATS},
+            coords=coords,
+            dims=dims,
             **kwargs,
         )
 
@@ -273,7 +328,7 @@ class SampleResults(eqx.Module):
         A `pandas.DataFrame`, one row per scalar component.
         """
         az = import_arviz("SampleResults.summary")
-        idata = self.to_arviz()
+        idata = self.to_arviz(log_likelihood=False)
         df = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, **kwargs)
         diagnostics = self.diagnostics()
         df.attrs["diagnostics"] = diagnostics
@@ -314,7 +369,7 @@ class SampleResults(eqx.Module):
             if self.laplace_check.verdict == "bad":
                 problems.append(self.laplace_check.message)
         if problems:
-            warnings.warn("\n".join(problems), UserWarning, stacklevel=2)
+            warnings.warn("\n".join(problems), UserWarning, stacklevel=3)
         return df
 
     def print_summary(self, **kwargs) -> None:

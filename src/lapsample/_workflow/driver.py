@@ -14,6 +14,7 @@ from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
 from .._laplace_check import laplace_check as run_laplace_check
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
+from .._misc import insertion_order
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler
@@ -187,7 +188,8 @@ def sample(
       starts make R-hat more sensitive. A start where the log density is not
       finite is redrawn (up to 100 times).
     - `sample_theta`: also draw the latent `theta ~ N(theta*, H⁻¹)` at every draw
-      (needs a [`lapsample.LaplaceMarginal`][]).
+      (needs a marginal with a latent: a [`lapsample.LaplaceMarginal`][], a
+      [`lapsample.LatentGaussianMarginal`][] or a NumPyro model).
     - `save_warmup`: also keep the warm-up draws and statistics.
     - `chain_method`: `"vectorized"` (chains batched with `vmap` on each device)
       or `"sequential"` (one after another on each device, inside the same
@@ -203,7 +205,7 @@ def sample(
     - `overwrite`: replace an existing checkpoint file at `checkpoint`.
     - `laplace_check`: after sampling, run [`lapsample.laplace_check`][] with its
       defaults (20 draws of `phi`, or all when there are fewer) on the results
-      (needs a [`lapsample.LaplaceMarginal`][]); the result is
+      (needs a marginal with a latent, as for `sample_theta`); the result is
       `results.laplace_check` and `results.summary()` reports it. `resume` does not
       run it: call `lapsample.laplace_check(results, key)` afterwards.
 
@@ -247,7 +249,7 @@ def sample(
         ```
     """
     key = check_key(key)
-    model, initial_position, postprocess = unwrap_numpyro(model, initial_position)
+    model, initial_position, numpyro_model = unwrap_numpyro(model, initial_position)
     sampler = as_sampler(model)
     check_bool("progress_bar", progress_bar)
     check_bool("overwrite", overwrite)
@@ -306,7 +308,8 @@ def sample(
             structure=structure,
             model=model,
         )
-    results = with_postprocess(results, postprocess)
+    order = insertion_order(initial_position, "phi")
+    results = with_postprocess(results, numpyro_model, order)
     if laplace_check:
         # A stream of its own, so the draws are the same with or without the check.
         check = run_laplace_check(

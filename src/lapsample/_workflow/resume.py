@@ -81,7 +81,7 @@ def resume(
     or data; `FileNotFoundError` if it does not exist; `FileExistsError` if another
     run holds its lock; `OSError` if its directory cannot be written to.
     """
-    model, _, postprocess = unwrap_numpyro(model, None, need_position=False)
+    model, _, numpyro_model = unwrap_numpyro(model, None, need_position=False)
     check_bool("progress_bar", progress_bar)
     path = os.fspath(checkpoint)
     header, arrays = checkpoint_file.read(path)
@@ -163,7 +163,7 @@ def resume(
             structure=structure,
             model=model,
         )
-    return with_postprocess(results, postprocess)
+    return with_postprocess(results, numpyro_model)
 
 
 def _differs(new, old, rtol: float) -> np.ndarray:
@@ -261,7 +261,8 @@ def continue_run(
     bit for bit (on the same device(s) and `chain_method`); another key gives an
     equally valid continuation. The returned results hold every draw: the
     previous ones first, then the new ones (`results.phi[:, n:]`), with the
-    previous warm-up (if saved) and the same `postprocess`; `laplace_check` is not
+    previous warm-up (if saved), the same names, order and (for a NumPyro model)
+    constrained sites and log-likelihood; `laplace_check` is not
     carried over (call [`lapsample.laplace_check`][] again).
 
     To continue a run written to a checkpoint, call
@@ -379,4 +380,6 @@ def continue_run(
         sampler=results.sampler,
         laplace_check=None,
         postprocess=results.postprocess,
+        pointwise_log_likelihood=results.pointwise_log_likelihood,
+        phi_order=results.phi_order,
     )

@@ -27,13 +27,13 @@ TARGET_CHUNKS = 50
 
 
 def unwrap_numpyro(model, initial_position, need_position: bool = True):
-    """`(model, initial_position, postprocess)`: a [`lapsample.NumPyroModel`][]
-    becomes its marginal, starts at its `phi_init` unless told otherwise, and names
-    the draws by its constrained sites."""
+    """`(model, initial_position, numpyro_model)`: a [`lapsample.NumPyroModel`][]
+    becomes its marginal, starts at its `phi_init` unless told otherwise, and
+    (through `with_postprocess`) names the draws by its constrained sites."""
     if isinstance(model, NumPyroModel):
         if initial_position is None:
             initial_position = model.phi_init
-        return model.marginal, initial_position, model.postprocess
+        return model.marginal, initial_position, model
     if initial_position is None and need_position:
         raise TypeError(
             "`sample` needs an `initial_position` (a value of phi) for a "
@@ -43,11 +43,19 @@ def unwrap_numpyro(model, initial_position, need_position: bool = True):
     return model, initial_position, None
 
 
-def with_postprocess(results: SampleResults, postprocess) -> SampleResults:
-    if postprocess is None:
+def with_postprocess(
+    results: SampleResults, numpyro_model, phi_order=None
+) -> SampleResults:
+    """`results` with the user's order of `phi` and, for a NumPyro model, its
+    constrained sites and pointwise log-likelihood."""
+    results = dataclasses.replace(results, phi_order=phi_order)
+    if numpyro_model is None:
         return results
     return eqx.tree_at(
-        lambda r: r.postprocess, results, postprocess, is_leaf=lambda x: x is None
+        lambda r: (r.postprocess, r.pointwise_log_likelihood),
+        results,
+        (numpyro_model.postprocess, numpyro_model.pointwise_log_likelihood),
+        is_leaf=lambda x: x is None,
     )
 
 

@@ -77,7 +77,7 @@ from .lg_covariance import (
     newton_cov,
 )
 from .lg_newton import NewtonSettings
-from .lg_precision import newton_prec, prec_cotangents
+from .lg_precision import check_band_layout, newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
 
 
@@ -499,6 +499,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     "At the starting `phi`: "
                     + RESULTS[RESULTS.prior_not_positive_definite]
                 )
+        else:
+            check_band_layout(eqx.filter_jit(self._functions())(phi)[0])
 
 
 LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**

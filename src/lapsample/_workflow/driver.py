@@ -22,6 +22,7 @@ from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
 from .settings import (
     as_sampler,
     per_chain_positions,
+    resolve_inverse_mass,
     RunSettings,
     unwrap_numpyro,
     with_postprocess,
@@ -255,6 +256,7 @@ def sample(
         initial_position, settings.num_chains, settings.chain_axis
     )
     first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+    sampler = resolve_inverse_mass(sampler, first)
     if has_latent:
         # Clear errors for a model that fails at the start, before any compilation.
         sampler.marginal.check(first)
@@ -343,8 +345,6 @@ def resume(
             "passed to `resume` differs in its structure, array shapes or dtypes, or "
             "data. Pass the same model that was given to `sample`."
         )
-    sampler = as_sampler(model)
-    run = Run(sampler, settings, arrays["key_data"], key_impl)
 
     def entries(prefix):
         names = sorted(
@@ -354,6 +354,10 @@ def resume(
         return [arrays[n] for n in names]
 
     positions = checkpoint_file.decode_structure(structure, entries("positions"))
+    sampler = resolve_inverse_mass(
+        as_sampler(model), jtu.tree_map(lambda x: x[0], positions)
+    )
+    run = Run(sampler, settings, arrays["key_data"], key_impl)
     carry_template = run.setup_shape(positions)
     carry_leaves = entries("carry")
     template_leaves, carry_def = jtu.tree_flatten(carry_template)

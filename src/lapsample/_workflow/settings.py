@@ -12,13 +12,13 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
-from .._metric import DenseMetric, DiagonalMetric
+from .._metric import DenseMetric, DiagonalMetric, metric_from_inverse_mass_matrix
 from .._numpyro import NumPyroModel
 from .._nuts import NoUTurn
 from .._output.sample_results import SampleResults
 from .._proposal import Multinomial
 from .._sampler import Sampler
-from .._validate import check_bool, check_int
+from .._validate import check_bool, check_int, check_real_tree
 from .schedule import MIN_WARMUP_FOR_MASS
 
 
@@ -66,20 +66,33 @@ def as_sampler(model) -> Sampler:
 
 
 def inverse_mass_array(sampler: Sampler):
-    """The sampler's inverse mass matrix as an array, or `None` for a custom
-    metric."""
+    """The sampler's inverse mass matrix as an array (a dict mirroring phi as it
+    is), or `None` for a custom metric."""
     imm = sampler.inverse_mass_matrix
     if isinstance(imm, DiagonalMetric | DenseMetric):
         return imm.inverse_mass_matrix
-    if isinstance(imm, jax.Array | np.ndarray):
+    if isinstance(imm, jax.Array | np.ndarray | dict):
         return imm
     return None
+
+
+def resolve_inverse_mass(sampler: Sampler, position) -> Sampler:
+    """A dict inverse mass matrix mirroring phi becomes the vector over the
+    flattened `position` (sorted keys), before anything compiles; a clear error
+    when it does not mirror `position`."""
+    if not isinstance(sampler.inverse_mass_matrix, dict):
+        return sampler
+    metric = metric_from_inverse_mass_matrix(sampler.inverse_mass_matrix, position)
+    return eqx.tree_at(
+        lambda s: s.inverse_mass_matrix, sampler, metric.inverse_mass_matrix
+    )
 
 
 def per_chain_positions(initial_position, num_chains, chain_axis):
     leaves, treedef = jtu.tree_flatten(initial_position)
     if not leaves:
         raise ValueError("`initial_position` has no arrays.")
+    check_real_tree(initial_position, "initial_position")
     out = []
     for path, leaf in jtu.tree_flatten_with_path(initial_position)[0]:
         array = np.asarray(leaf)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
 from .._metric import DenseMetric, DiagonalMetric, metric_from_inverse_mass_matrix
-from .._numpyro import NumPyroModel
+from .._numpyro import numpyro_postprocess, NumPyroModel
 from .._nuts import NoUTurn
 from .._output.sample_results import SampleResults
 from .._proposal import Multinomial
@@ -29,7 +29,8 @@ TARGET_CHUNKS = 50
 def unwrap_numpyro(model, initial_position, need_position: bool = True):
     """`(model, initial_position, postprocess)`: a [`lapsample.NumPyroModel`][]
     becomes its marginal, starts at its `phi_init` unless told otherwise, and names
-    the draws by its constrained sites."""
+    the draws by its constrained sites, as does its marginal (or a `Sampler` on
+    it) given on its own."""
     if isinstance(model, NumPyroModel):
         if initial_position is None:
             initial_position = model.phi_init
@@ -40,7 +41,10 @@ def unwrap_numpyro(model, initial_position, need_position: bool = True):
             f"{type(model).__name__}; only a model from `lapsample.from_numpyro` "
             "brings its own."
         )
-    return model, initial_position, None
+    # `model.marginal` of a NumPyro model (or a `Sampler` on it) names its draws
+    # by the model's constrained sites too: never `tau` holding log tau.
+    marginal = model.marginal if isinstance(model, Sampler) else model
+    return model, initial_position, numpyro_postprocess(marginal)
 
 
 def with_postprocess(results: SampleResults, postprocess) -> SampleResults:

@@ -566,7 +566,7 @@ def test_summary_tuning_warnings(normal_results):
 # compiling, with the fix.
 # --------------------------------------------------------------------------------
 
-_PHI = {"mu": jnp.array(0.3), "log_tau": jnp.array(-0.2), "beta": jnp.zeros(2)}
+_DICT_PHI = {"mu": jnp.array(0.3), "log_tau": jnp.array(-0.2), "beta": jnp.zeros(2)}
 
 
 def _gaussian_density(phi):
@@ -664,14 +664,16 @@ BAD_INPUTS = [
     ),
     (
         "dict inverse mass with other keys than phi",
-        lambda: _sample(_plain_sampler({"mu": 1.0, "tau": 2.0, "beta": 1.0}), _PHI),
+        lambda: _sample(
+            _plain_sampler({"mu": 1.0, "tau": 2.0, "beta": 1.0}), _DICT_PHI
+        ),
         ValueError,
         r"must mirror phi",
     ),
     (
         "dict inverse mass with a leaf of the wrong shape",
         lambda: _sample(
-            _plain_sampler({"mu": 1.0, "log_tau": 2.0, "beta": jnp.ones(3)}), _PHI
+            _plain_sampler({"mu": 1.0, "log_tau": 2.0, "beta": jnp.ones(3)}), _DICT_PHI
         ),
         ValueError,
         r"`inverse_mass_matrix\['beta'\]` has shape \(3,\)",
@@ -704,21 +706,21 @@ def test_bad_inputs_are_refused(call, error, phrase):
 def test_dict_inverse_mass_matrix_mirrors_phi():
     # Flattened in sorted-key order: beta (2 entries), log_tau, mu.
     written = {"mu": 1.0, "log_tau": 2.0, "beta": jnp.array([3.0, 4.0])}
-    metric = ls.metric_from_inverse_mass_matrix(written, _PHI)
+    metric = ls.metric_from_inverse_mass_matrix(written, _DICT_PHI)
     np.testing.assert_array_equal(metric.inverse_mass_matrix, [3.0, 4.0, 2.0, 1.0])
     # A scalar covers a whole leaf.
-    metric = ls.metric_from_inverse_mass_matrix({**written, "beta": 5.0}, _PHI)
+    metric = ls.metric_from_inverse_mass_matrix({**written, "beta": 5.0}, _DICT_PHI)
     np.testing.assert_array_equal(metric.inverse_mass_matrix, [5.0, 5.0, 2.0, 1.0])
     # `Sampler.init`/`step` and `sample` give exactly what the flat vector gives.
     flat = jnp.array([3.0, 4.0, 2.0, 1.0])
     key = jr.key(3)
     for_dict, for_flat = _plain_sampler(written), _plain_sampler(flat)
-    state_d, _ = for_dict.step(key, for_dict.init(_PHI))
-    state_f, _ = for_flat.step(key, for_flat.init(_PHI))
+    state_d, _ = for_dict.step(key, for_dict.init(_DICT_PHI))
+    state_f, _ = for_flat.step(key, for_flat.init(_DICT_PHI))
     assert eqx.tree_equal(state_d, state_f)
     kwargs = dict(num_warmup=0, num_samples=5, num_chains=1, progress_bar=False)
-    draws_d = ls.sample(key, for_dict, _PHI, **kwargs).phi
-    draws_f = ls.sample(key, for_flat, _PHI, **kwargs).phi
+    draws_d = ls.sample(key, for_dict, _DICT_PHI, **kwargs).phi
+    draws_f = ls.sample(key, for_flat, _DICT_PHI, **kwargs).phi
     assert eqx.tree_equal(draws_d, draws_f)
 
 

@@ -404,9 +404,9 @@ def test_stiff_latent_with_the_structure_is_accepted(hessian):
 _COUNTS = jnp.array([50.0, 80.0, 30.0, 120.0])
 
 
-def _poisson_log_joint(theta, phi):
+def _poisson_log_joint(theta, phi, counts=_COUNTS):
     prior = jstats.norm.logpdf(theta, 0.0, jnp.exp(phi))
-    return jnp.sum(prior) + jnp.sum(jstats.poisson.logpmf(_COUNTS, jnp.exp(theta)))
+    return jnp.sum(prior) + jnp.sum(jstats.poisson.logpmf(counts, jnp.exp(theta)))
 
 
 def _convex_log_joint(theta, phi):
@@ -416,9 +416,14 @@ def _convex_log_joint(theta, phi):
 
 def _nan_data_log_joint(theta, phi):
     # A missing count coded as NaN.
-    counts = _COUNTS.at[2].set(jnp.nan)
-    prior = jstats.norm.logpdf(theta, 0.0, jnp.exp(phi))
-    return jnp.sum(prior) + jnp.sum(jstats.poisson.logpmf(counts, jnp.exp(theta)))
+    return _poisson_log_joint(theta, phi, _COUNTS.at[2].set(jnp.nan))
+
+
+def _sample_poisson(inner_solver):
+    marginal = ls.LaplaceMarginal(
+        _poisson_log_joint, jnp.zeros(4), inner_solver=inner_solver
+    )
+    return _sample(marginal, jnp.array(1.0))
 
 
 def _sample(marginal, phi):
@@ -436,12 +441,7 @@ def _sample(marginal, phi):
 START_FAILURES = [
     (
         "Newton(max_steps=1)",
-        lambda: _sample(
-            ls.LaplaceMarginal(
-                _poisson_log_joint, jnp.zeros(4), inner_solver=ls.Newton(max_steps=1)
-            ),
-            jnp.array(1.0),
-        ),
+        lambda: _sample_poisson(ls.Newton(max_steps=1)),
         r"raise the inner solver's `max_steps`",
     ),
     (
@@ -465,12 +465,7 @@ START_FAILURES = [
         # Optimistix's own code (`nonlinear_max_steps_reached`), not its generic
         # "root-find" message.
         "BFGS(max_steps=1)",
-        lambda: _sample(
-            ls.LaplaceMarginal(
-                _poisson_log_joint, jnp.zeros(4), inner_solver=ls.BFGS(max_steps=1)
-            ),
-            jnp.array(1.0),
-        ),
+        lambda: _sample_poisson(ls.BFGS(max_steps=1)),
         r"raise the inner solver's `max_steps` \(e\.g\. .*`BFGS\(max_steps=500\)`",
     ),
     (

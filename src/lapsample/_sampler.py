@@ -173,7 +173,10 @@ class Sampler(eqx.Module):
     def metric(self) -> AbstractMetric:
         """The [`lapsample.AbstractMetric`][] built from `inverse_mass_matrix`: a
         scalar or a vector gives a [`lapsample.DiagonalMetric`][], a matrix a
-        [`lapsample.DenseMetric`][]."""
+        [`lapsample.DenseMetric`][]. A dict mirroring `phi` needs `phi` for its
+        layout: use `lapsample.metric_from_inverse_mass_matrix(
+        sampler.inverse_mass_matrix, phi)` (`init`, `step` and
+        `lapsample.sample` do)."""
         return metric_from_inverse_mass_matrix(self.inverse_mass_matrix)
 
     def init(

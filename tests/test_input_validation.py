@@ -623,6 +623,16 @@ BAD_INPUTS = [
         r"`theta_init` is complex .*Pass real floats",
     ),
     (
+        "complex theta_init of a LatentGaussianMarginal",
+        lambda: ls.LatentGaussianMarginal(
+            ls.PoissonLog(jnp.ones(3)),
+            covariance=lambda phi: jnp.eye(3),
+            theta_init=jnp.zeros(3, complex),
+        ),
+        TypeError,
+        r"1-D real floating array",
+    ),
+    (
         "complex phi to check",
         lambda: ls.LaplaceMarginal(_quadratic_log_joint, jnp.zeros(3)).check(
             jnp.array(0.0 + 0.5j)
@@ -698,7 +708,7 @@ def test_bad_inputs_are_refused(call, error, phrase):
         call()
 
 
-def test_dict_inverse_mass_matrix_mirrors_phi():
+def test_dict_inverse_mass_matrix_mirrors_phi(tmp_path):
     # Flattened in sorted-key order: beta (2 entries), log_tau, mu.
     written = {"mu": 1.0, "log_tau": 2.0, "beta": jnp.array([3.0, 4.0])}
     metric = ls.metric_from_inverse_mass_matrix(written, _DICT_PHI)
@@ -714,9 +724,13 @@ def test_dict_inverse_mass_matrix_mirrors_phi():
     state_f, _ = for_flat.step(key, for_flat.init(_DICT_PHI))
     assert eqx.tree_equal(state_d, state_f)
     kwargs = dict(num_warmup=0, num_samples=5, num_chains=1, progress_bar=False)
-    draws_d = ls.sample(key, for_dict, _DICT_PHI, **kwargs).phi
+    path = tmp_path / "run.lsmp"
+    draws_d = ls.sample(key, for_dict, _DICT_PHI, checkpoint=path, **kwargs).phi
     draws_f = ls.sample(key, for_flat, _DICT_PHI, **kwargs).phi
     assert eqx.tree_equal(draws_d, draws_f)
+    # `resume` maps it the same way.
+    again = ls.resume(path, for_dict, progress_bar=False).phi
+    assert eqx.tree_equal(again, draws_d)
 
 
 def test_banded_precision_from_the_message_is_right():

@@ -20,6 +20,8 @@ import pytest
 
 import lapsample as ls
 
+from .helpers import evaluate
+
 
 def _lg(**kwargs):
     return ls.LatentGaussianMarginal(
@@ -402,14 +404,26 @@ def test_stiff_latent_with_the_structure_is_accepted(hessian):
 _COUNTS = jnp.array([50.0, 80.0, 30.0, 120.0])
 
 
-def _poisson_log_joint(theta, phi):
+def _poisson_log_joint(theta, phi, counts=_COUNTS):
     prior = jstats.norm.logpdf(theta, 0.0, jnp.exp(phi))
-    return jnp.sum(prior) + jnp.sum(jstats.poisson.logpmf(_COUNTS, jnp.exp(theta)))
+    return jnp.sum(prior) + jnp.sum(jstats.poisson.logpmf(counts, jnp.exp(theta)))
 
 
 def _convex_log_joint(theta, phi):
     # A sign error: +½ θᵀθ instead of −½ θᵀθ.
     return 0.5 * jnp.sum(theta**2) * jnp.exp(phi) - phi**2
+
+
+def _nan_data_log_joint(theta, phi):
+    # A missing count coded as NaN.
+    return _poisson_log_joint(theta, phi, _COUNTS.at[2].set(jnp.nan))
+
+
+def _sample_poisson(inner_solver):
+    marginal = ls.LaplaceMarginal(
+        _poisson_log_joint, jnp.zeros(4), inner_solver=inner_solver
+    )
+    return _sample(marginal, jnp.array(1.0))
 
 
 def _sample(marginal, phi):
@@ -427,12 +441,7 @@ def _sample(marginal, phi):
 START_FAILURES = [
     (
         "Newton(max_steps=1)",
-        lambda: _sample(
-            ls.LaplaceMarginal(
-                _poisson_log_joint, jnp.zeros(4), inner_solver=ls.Newton(max_steps=1)
-            ),
-            jnp.array(1.0),
-        ),
+        lambda: _sample_poisson(ls.Newton(max_steps=1)),
         r"raise the inner solver's `max_steps`",
     ),
     (
@@ -451,6 +460,20 @@ START_FAILURES = [
         "non-PD K at the start",
         lambda: _sample(_gaussian_lg(_equicorrelated), jnp.array([0.0, -0.5])),
         r"Add a jitter to the diagonal",
+    ),
+    (
+        # Optimistix's own code (`nonlinear_max_steps_reached`), not its generic
+        # "root-find" message.
+        "BFGS(max_steps=1)",
+        lambda: _sample_poisson(ls.BFGS(max_steps=1)),
+        r"raise the inner solver's `max_steps` \(e\.g\. .*`BFGS\(max_steps=500\)`",
+    ),
+    (
+        "NaN in the data of a LaplaceMarginal (check)",
+        lambda: ls.LaplaceMarginal(_nan_data_log_joint, jnp.zeros(4)).check(
+            jnp.array(1.0)
+        ),
+        r"check the data the log joint reads for NaN",
     ),
 ]
 
@@ -529,3 +552,198 @@ def test_summary_tuning_warnings(normal_results):
     assert "not adapted" in _summary_messages(
         dataclasses.replace(normal_results, num_warmup=10)
     )
+
+
+# --------------------------------------------------------------------------------
+# 7. Inputs that raised raw JAX errors: a dict inverse mass matrix mirroring phi
+# works; complex values, a non-scalar `PlainDensity`, a full matrix given as the
+# banded precision and a dict that does not mirror phi are refused, before
+# compiling, with the fix.
+# --------------------------------------------------------------------------------
+
+_DICT_PHI = {"mu": jnp.array(0.3), "log_tau": jnp.array(-0.2), "beta": jnp.zeros(2)}
+
+
+def _gaussian_density(phi):
+    return -0.5 * (phi["mu"] ** 2 + 4.0 * phi["log_tau"] ** 2) - jnp.sum(
+        phi["beta"] ** 2
+    )
+
+
+def _plain_sampler(inverse_mass_matrix):
+    return ls.Sampler(
+        ls.PlainDensity(_gaussian_density),
+        ls.Multinomial(),
+        ls.NoUTurn(),
+        step_size=0.3,
+        inverse_mass_matrix=inverse_mass_matrix,
+    )
+
+
+_N_BAND = 5
+# A random-walk precision plus a ridge, as a full matrix.
+_Q_FULL = 2.1 * jnp.eye(_N_BAND) - jnp.eye(_N_BAND, k=1) - jnp.eye(_N_BAND, k=-1)
+
+
+def _precision_lg(precision):
+    return ls.LatentGaussianMarginal(
+        ls.PoissonLog(jnp.array([1.0, 0.0, 3.0, 2.0, 1.0])), precision=precision
+    )
+
+
+def _band_from_full(q, bandwidth):
+    # The conversion the error message gives.
+    return jnp.stack(
+        [jnp.pad(jnp.diagonal(q, -k), (0, k)) for k in range(bandwidth + 1)]
+    )
+
+
+BAD_INPUTS = [
+    (
+        "complex phi",
+        lambda: _sample(
+            ls.PlainDensity(lambda p: -0.5 * jnp.sum(p**2)), jnp.zeros(2, complex)
+        ),
+        TypeError,
+        r"`initial_position` is complex .*`x\.real`",
+    ),
+    (
+        "complex leaf of a dict phi",
+        lambda: _sample(
+            ls.LaplaceMarginal(_quadratic_log_joint, jnp.zeros(3)),
+            {"a": jnp.array(0.0), "b": jnp.array(1j)},
+        ),
+        TypeError,
+        r"`initial_position\['b'\]` is complex",
+    ),
+    (
+        "complex theta_init",
+        lambda: ls.LaplaceMarginal(_quadratic_log_joint, jnp.zeros(3, complex)),
+        TypeError,
+        r"`theta_init` is complex .*Pass real floats",
+    ),
+    (
+        "complex theta_init of a LatentGaussianMarginal",
+        lambda: ls.LatentGaussianMarginal(
+            ls.PoissonLog(jnp.ones(3)),
+            covariance=lambda phi: jnp.eye(3),
+            theta_init=jnp.zeros(3, complex),
+        ),
+        TypeError,
+        r"1-D real floating array",
+    ),
+    (
+        "complex phi to check",
+        lambda: ls.LaplaceMarginal(_quadratic_log_joint, jnp.zeros(3)).check(
+            jnp.array(0.0 + 0.5j)
+        ),
+        TypeError,
+        r"`phi` is complex",
+    ),
+    (
+        "complex inverse mass matrix",
+        lambda: _plain_sampler(jnp.ones(4, complex)),
+        TypeError,
+        r"is complex",
+    ),
+    (
+        "PlainDensity returning shape (1,)",
+        lambda: _sample(
+            ls.PlainDensity(lambda p: -0.5 * jnp.sum(p**2, keepdims=True)),
+            jnp.zeros(2),
+        ),
+        ValueError,
+        r"returned shape \(1,\).*`\.sum\(\)`.*`\[0\]`",
+    ),
+    (
+        "PlainDensity returning a vector",
+        lambda: _sample(ls.PlainDensity(lambda p: -0.5 * p**2), jnp.zeros(2)),
+        ValueError,
+        r"must return a real scalar",
+    ),
+    (
+        "full n x n precision for the banded form",
+        lambda: _sample(_precision_lg(lambda phi: _Q_FULL * jnp.exp(phi)), 0.0),
+        ValueError,
+        r"lower bands of Q, not Q itself.*jnp\.diagonal\(Q, -k\)",
+    ),
+    (
+        "dict inverse mass with other keys than phi",
+        lambda: _sample(
+            _plain_sampler({"mu": 1.0, "tau": 2.0, "beta": 1.0}), _DICT_PHI
+        ),
+        ValueError,
+        r"must mirror phi",
+    ),
+    (
+        "dict inverse mass with a leaf of the wrong shape",
+        lambda: _sample(
+            _plain_sampler({"mu": 1.0, "log_tau": 2.0, "beta": jnp.ones(3)}), _DICT_PHI
+        ),
+        ValueError,
+        r"`inverse_mass_matrix\['beta'\]` has shape \(3,\)",
+    ),
+    (
+        "dict inverse mass not positive",
+        lambda: _plain_sampler({"mu": 1.0, "log_tau": -2.0, "beta": 1.0}),
+        ValueError,
+        r"must be positive and finite",
+    ),
+    (
+        "dict inverse mass, metric without phi",
+        lambda: _plain_sampler({"mu": 1.0, "log_tau": 2.0, "beta": 1.0}).metric,
+        ValueError,
+        r"needs phi: pass `position=phi`",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, phrase",
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_inputs_are_refused(call, error, phrase):
+    with pytest.raises(error, match=phrase):
+        call()
+
+
+def test_dict_inverse_mass_matrix_mirrors_phi(tmp_path):
+    # Flattened in sorted-key order: beta (2 entries), log_tau, mu.
+    written = {"mu": 1.0, "log_tau": 2.0, "beta": jnp.array([3.0, 4.0])}
+    metric = ls.metric_from_inverse_mass_matrix(written, _DICT_PHI)
+    np.testing.assert_array_equal(metric.inverse_mass_matrix, [3.0, 4.0, 2.0, 1.0])
+    # A scalar covers a whole leaf.
+    metric = ls.metric_from_inverse_mass_matrix({**written, "beta": 5.0}, _DICT_PHI)
+    np.testing.assert_array_equal(metric.inverse_mass_matrix, [5.0, 5.0, 2.0, 1.0])
+    # `Sampler.init`/`step` and `sample` give exactly what the flat vector gives.
+    flat = jnp.array([3.0, 4.0, 2.0, 1.0])
+    key = jr.key(3)
+    for_dict, for_flat = _plain_sampler(written), _plain_sampler(flat)
+    state_d, _ = for_dict.step(key, for_dict.init(_DICT_PHI))
+    state_f, _ = for_flat.step(key, for_flat.init(_DICT_PHI))
+    assert eqx.tree_equal(state_d, state_f)
+    kwargs = dict(num_warmup=0, num_samples=5, num_chains=1, progress_bar=False)
+    path = tmp_path / "run.lsmp"
+    draws_d = ls.sample(key, for_dict, _DICT_PHI, checkpoint=path, **kwargs).phi
+    draws_f = ls.sample(key, for_flat, _DICT_PHI, **kwargs).phi
+    assert eqx.tree_equal(draws_d, draws_f)
+    # `resume` maps it the same way.
+    again = ls.resume(path, for_dict, progress_bar=False).phi
+    assert eqx.tree_equal(again, draws_d)
+
+
+def test_banded_precision_from_the_message_is_right():
+    # The conversion the full-matrix error suggests gives the same marginal as the
+    # covariance form with K = Q⁻¹.
+    band = _band_from_full(_Q_FULL, 1)
+    precision = _precision_lg(lambda phi: band * jnp.exp(phi))
+    covariance = ls.LatentGaussianMarginal(
+        precision.likelihood,
+        covariance=lambda phi: jnp.linalg.inv(_Q_FULL * jnp.exp(phi)),
+    )
+    precision.check(jnp.array(0.2))
+    value_p, aux_p = evaluate(precision, jnp.array(0.2))
+    value_c, aux_c = evaluate(covariance, jnp.array(0.2))
+    assert aux_p.result == ls.RESULTS.successful == aux_c.result
+    np.testing.assert_allclose(value_p, value_c, rtol=1e-10)

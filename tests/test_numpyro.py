@@ -8,8 +8,10 @@ posteriordb reference.
 """
 
 import builtins
+import csv
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -18,11 +20,13 @@ import numpy as np
 import pytest
 
 import lapsample as ls
+from lapsample._workflow.settings import unwrap_numpyro
 
 from .helpers import (
     eight_schools_json,
     eight_schools_z_scores,
     EightSchoolsLogJoint,
+    SHARED,
     shared_json,
     Z_MAX,
 )
@@ -109,6 +113,10 @@ def test_sample_takes_the_model_and_names_the_sites(schools, tmp_path):
     assert posterior["theta"].shape == (1, 10, 8)
     np.testing.assert_allclose(posterior["tau"], np.exp(results.phi["tau"]))
     np.testing.assert_allclose(posterior["tau_squared"], posterior["tau"] ** 2)
+    # `model.constrain(results)`, as the docstrings say (was an AttributeError).
+    draws = schools.constrain(results)
+    assert set(draws) == set(posterior.data_vars)
+    np.testing.assert_allclose(draws["tau"], posterior["tau"])
     warmup = results.to_arviz().warmup_posterior
     assert set(warmup.data_vars) == {"mu", "tau"}
     # The short warm-up is deliberate here, and `summary` says it is too short.
@@ -206,6 +214,27 @@ def test_constrain_names_and_shapes(schools, getkey):
     np.testing.assert_allclose(one["tau"], jnp.exp(schools.phi_init["tau"]))
 
 
+def test_runs_on_the_marginal_show_the_sites(schools, getkey):
+    # `sample` given `model.marginal`, or a `Sampler` on it, names the draws by
+    # the constrained sites too (the old docstrings led there, and ArviZ showed a
+    # `tau` holding log tau); a marginal written by hand gets no map.
+    phi, theta = _fake_draws(getkey())
+    sampler = ls.Sampler(
+        schools.marginal,
+        ls.Multinomial(),
+        ls.NoUTurn(),
+        step_size=1.0,
+        inverse_mass_matrix=1.0,
+    )
+    for given in (schools, schools.marginal, sampler):
+        _, start, postprocess = unwrap_numpyro(given, None if given is schools else 0)
+        out = postprocess(phi, theta)
+        assert set(out) == {"mu", "tau", "theta", "tau_squared"}
+        np.testing.assert_allclose(out["tau"], np.exp(phi["tau"]), rtol=1e-14)
+    hand_written = ls.LaplaceMarginal(EightSchoolsLogJoint(Y, SIGMA), jnp.zeros(8))
+    assert unwrap_numpyro(hand_written, 0)[2] is None
+
+
 def test_predictive_feeds_the_draws(schools, getkey):
     # The replicated data are y_rep = theta + sigma · eps with the *given* theta
     # draws, so (y_rep - theta) / sigma is N(0, 1): 1600 values, standard errors
@@ -255,6 +284,23 @@ def _with_param(y):
         numpyro.sample("y", dist.Normal(theta, 1.0), obs=y)
 
 
+def _subsampled(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    with numpyro.plate("i", y.shape[0], subsample_size=2) as index:
+        theta = numpyro.sample("theta", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(theta, 1.0), obs=y[index])
+
+
+_MASK = np.array([True, False, True, True])
+
+
+def _masked(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    with numpyro.plate("i", y.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(theta, 1.0), obs=y, obs_mask=_MASK)
+
+
 @pytest.mark.parametrize(
     "model, kwargs, latent, phrase",
     [
@@ -264,6 +310,11 @@ def _with_param(y):
         (_mixture, {}, ("theta",), "sample site 'z' is discrete"),
         (_mixture, {"enumerate_": True}, ("theta",), "sample site 'z' is discrete"),
         (_with_param, {}, ("theta",), "`numpyro.param` site 'scale'"),
+        (_subsampled, {}, ("theta",), "`subsample_size=2`.*Remove `subsample_size`"),
+        # Every name NumPyro makes of a site with `obs_mask=`.
+        (_masked, {}, ("y_unobserved",), "with `obs_mask=`.*site of their own"),
+        (_masked, {}, ("y",), "part of the site 'y' with `obs_mask=`"),
+        (_masked, {}, ("y_observed",), "part of the site 'y' with `obs_mask=`"),
     ],
 )
 def test_unsupported_models(model, kwargs, latent, phrase):
@@ -330,3 +381,96 @@ def test_eight_schools_centred_matches_posteriordb():
     residual = (y_rep - draws["theta"]) / sigma
     assert abs(residual.mean()) < 5 * 0.0056
     assert abs(residual.std() - 1.0) < 5 * 0.004
+
+
+# --------------------------------------------------------------------------------
+# NumPyro's `examples/ucbadmit.py` (pyro-ppl/numpyro, Apache-2.0): the model as its
+# authors wrote it. It counts the departments with NumPy on a data argument
+# (`len(np.unique(dept))`), which needs the data concrete, as NumPyro's NUTS keeps
+# them; lapsample used to trace them (`TracerArrayConversionError`).
+# --------------------------------------------------------------------------------
+
+
+def glmm(dept, male, applications, admit=None):
+    v_mu = numpyro.sample("v_mu", dist.Normal(0, jnp.array([4.0, 1.0])))
+
+    sigma = numpyro.sample("sigma", dist.HalfNormal(jnp.ones(2)))
+    L_Rho = numpyro.sample("L_Rho", dist.LKJCholesky(2, concentration=2))
+    scale_tril = sigma[..., jnp.newaxis] * L_Rho
+    # non-centered parameterization
+    num_dept = len(np.unique(dept))
+    z = numpyro.sample("z", dist.Normal(jnp.zeros((num_dept, 2)), 1))
+    v = jnp.dot(scale_tril, z.T).T
+
+    logits = v_mu[0] + v[dept, 0] + (v_mu[1] + v[dept, 1]) * male
+    if admit is None:
+        # we use a Delta site to record probs for predictive distribution
+        probs = jax.scipy.special.expit(logits)
+        numpyro.sample("probs", dist.Delta(probs), obs=probs)
+    numpyro.sample("admit", dist.Binomial(applications, logits=logits), obs=admit)
+
+
+@pytest.fixture(scope="module")
+def ucbadmit():
+    """`(dept, male, applications, admit)`, parsed as `numpyro.examples.datasets`
+    does (that module downloads the file; the tests read the shared copy)."""
+    path = SHARED / "numpyro-datasets" / "UCBadmit.csv"
+    if not path.exists():
+        pytest.skip(f"NumPyro data set {path} is absent (expected ../shared)")
+    dept, male, applications, admit = [], [], [], []
+    with open(path) as f:
+        fields = ["index", "dept", "gender", "admit", "reject", "applications"]
+        rows = csv.DictReader(f, delimiter=";", fieldnames=fields)
+        next(rows)  # the header
+        for row in rows:
+            dept.append(ord(row["dept"]) - ord("A"))
+            male.append(row["gender"] == "male")
+            applications.append(int(row["applications"]))
+            admit.append(int(row["admit"]))
+    return tuple(np.stack(x) for x in (dept, male, applications, admit))
+
+
+def test_model_using_numpy_on_its_data(ucbadmit):
+    model = ls.from_numpyro(glmm, *ucbadmit, latent=("z",))
+    assert set(model.phi_init) == {"v_mu", "sigma", "L_Rho"}
+    assert model.theta_init["z"].shape == (6, 2)
+    # `check` evaluates the log joint and its gradients under `jit`: where the
+    # data were traced, `np.unique(dept)` raised here.
+    model.marginal.check(model.phi_init)
+    # The log joint is NumPyro's own potential energy (here jitted with the data
+    # closed over, as NumPyro's MCMC does).
+    numpyro_util = pytest.importorskip("numpyro.infer.util")
+    params = {**model.phi_init, "z": 0.3 * jnp.ones((6, 2))}
+    expected = -jax.jit(lambda p: numpyro_util.potential_energy(glmm, ucbadmit, {}, p))(
+        params
+    )
+    got = eqx.filter_jit(model.marginal.log_joint)({"z": params["z"]}, model.phi_init)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+# Slow: a full `sample` compilation of the GLMM (~60 s on 2 cores).
+@pytest.mark.slow
+def test_ucbadmit_samples_on_the_marginal(ucbadmit):
+    # A run on `model.marginal` (not the model): the draws are finite and ArviZ
+    # shows the constrained sites, as `model.constrain(results)` gives them.
+    model = ls.from_numpyro(glmm, *ucbadmit, latent=("z",))
+    results = ls.sample(
+        jr.key(0),
+        model.marginal,
+        model.phi_init,
+        num_warmup=100,
+        num_samples=50,
+        num_chains=1,
+        sample_theta=True,
+        progress_bar=False,
+    )
+    draws = model.constrain(results)
+    posterior = results.to_arviz().posterior
+    assert set(posterior.data_vars) == {"v_mu", "sigma", "L_Rho", "z"}
+    for name in ("sigma", "L_Rho", "z"):
+        assert np.all(np.isfinite(draws[name]))
+        np.testing.assert_allclose(posterior[name], draws[name])
+    assert np.all(draws["sigma"] > 0)
+    np.testing.assert_allclose(draws["sigma"], np.exp(results.phi["sigma"]))
+    # Cholesky factors of correlation matrices: unit rows.
+    np.testing.assert_allclose(np.sum(draws["L_Rho"] ** 2, axis=-1), 1.0)

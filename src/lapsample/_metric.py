@@ -5,15 +5,17 @@ Metrics work on *flat* momentum vectors; the samplers ravel the (PyTree) positio
 """
 
 import abc
+from collections.abc import Mapping
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
+import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
-from ._misc import concrete_value
+from ._misc import concrete_value, TreeRaveller
 from ._validate import as_float
 
 
@@ -120,8 +122,9 @@ class DiagonalMetric(AbstractMetric):
 DiagonalMetric.__init__.__doc__ = """**Arguments:**
 
 - `inverse_mass_matrix`: a positive scalar, or a positive vector with one entry per
-    coordinate of the flattened position. Estimates of the posterior variances are
-    the usual choice.
+    coordinate of the flattened position (the order of
+    `jax.flatten_util.ravel_pytree`: a dict's keys sorted, not as written).
+    Estimates of the posterior variances are the usual choice.
 """
 
 
@@ -172,27 +175,95 @@ class DenseMetric(AbstractMetric):
                 f"{self.inverse_mass_matrix.shape[0]}×"
                 f"{self.inverse_mass_matrix.shape[0]} but the position has {size} "
                 "coordinates once flattened. Pass a matrix over the flattened "
-                "position (`jax.flatten_util.ravel_pytree` gives its order)."
+                "position (`jax.flatten_util.ravel_pytree` gives its order: a "
+                "dict's keys sorted)."
             )
 
 
 DenseMetric.__init__.__doc__ = """**Arguments:**
 
 - `inverse_mass_matrix`: a symmetric positive definite `n × n` matrix, `n` the
-    number of coordinates of the flattened position; an estimate of the posterior
-    covariance is the usual choice.
+    number of coordinates of the flattened position, in the order of
+    `jax.flatten_util.ravel_pytree` (a dict's keys sorted, not as written); an
+    estimate of the posterior covariance is the usual choice.
 """
 
 
+def as_inverse_mass(
+    inverse_mass_matrix: AbstractMetric | Mapping | ArrayLike,
+) -> AbstractMetric | PyTree[Array] | Array:
+    """A metric is kept, a dict mirroring `phi` becomes a dict of floating arrays
+    (mapped onto the flattened position once `phi` is known), anything else a
+    floating array."""
+    if isinstance(inverse_mass_matrix, AbstractMetric):
+        return inverse_mass_matrix
+    if isinstance(inverse_mass_matrix, Mapping):
+        return jtu.tree_map(as_float, dict(inverse_mass_matrix))
+    return as_float(inverse_mass_matrix)
+
+
+def check_inverse_mass(
+    inverse_mass_matrix: AbstractMetric | Mapping | ArrayLike,
+) -> AbstractMetric | PyTree[Array] | Array:
+    """`as_inverse_mass`, and a clear `ValueError` for values or shapes that no
+    metric accepts (a dict's layout is checked later, against `phi`)."""
+    out = as_inverse_mass(inverse_mass_matrix)
+    if isinstance(out, dict):
+        for leaf in jtu.tree_leaves(out):
+            DiagonalMetric(jnp.ravel(leaf))
+    else:
+        metric_from_inverse_mass_matrix(out)
+    return out
+
+
+def _flatten_mass_tree(tree: PyTree[Array], position: PyTree[ArrayLike]) -> Array:
+    """A dict of inverse masses mirroring `position` (one scalar or one array of
+    the leaf's shape per leaf) as one vector in the flattened order of
+    `position`."""
+    got, want = jtu.tree_structure(tree), jtu.tree_structure(position)
+    if got != want:
+        raise ValueError(
+            "A dict `inverse_mass_matrix` must mirror phi, with one entry per leaf; "
+            f"it has the structure {got} and phi {want}. Give one positive scalar "
+            "(or an array of the leaf's shape) per key of phi, e.g. "
+            '`{"mu": 1.0, "log_tau": 2.0}`.'
+        )
+    raveller = TreeRaveller(position)
+    leaves = []
+    for (path, mass), shape in zip(
+        jtu.tree_flatten_with_path(tree)[0], raveller.shapes
+    ):
+        if jnp.ndim(mass) != 0 and jnp.shape(mass) != shape:
+            raise ValueError(
+                f"`inverse_mass_matrix{jtu.keystr(path)}` has shape "
+                f"{jnp.shape(mass)} but phi's leaf has shape {shape}: give a "
+                "scalar (the same inverse mass for the whole leaf) or an array of "
+                "the leaf's shape."
+            )
+        leaves.append(jnp.broadcast_to(mass, shape))
+    return raveller.ravel(jtu.tree_unflatten(jtu.tree_structure(position), leaves))
+
+
 def metric_from_inverse_mass_matrix(
-    inverse_mass_matrix: AbstractMetric | ArrayLike,
+    inverse_mass_matrix: AbstractMetric | Mapping | ArrayLike,
+    position: PyTree[ArrayLike] | None = None,
 ) -> AbstractMetric:
-    """The metric for an inverse mass matrix given as a scalar, a vector (diagonal)
-    or a matrix (dense); an [`lapsample.AbstractMetric`][] is returned unchanged.
+    """The metric for an inverse mass matrix given as a scalar, a vector (diagonal),
+    a matrix (dense) or a dict mirroring `phi` (diagonal); an
+    [`lapsample.AbstractMetric`][] is returned unchanged.
+
+    A vector or matrix is over the flattened position, in the order of
+    `jax.flatten_util.ravel_pytree`: for a dict `phi` the keys are **sorted**, not
+    in the order written, so `{"mu": ..., "log_tau": ...}` flattens as
+    `(log_tau, mu)`. A dict such as `{"mu": 1.0, "log_tau": 2.0}` (one positive
+    scalar, or an array of the leaf's shape, per leaf of `phi`) avoids the
+    question: it is mapped onto the flattened layout, given `position`.
 
     **Arguments:**
 
-    - `inverse_mass_matrix`: a scalar, vector or square matrix, or a metric.
+    - `inverse_mass_matrix`: a scalar, vector, square matrix or dict, or a metric.
+    - `position`: a value of `phi` (only its structure and shapes are read); needed
+      for a dict.
 
     **Returns:**
 
@@ -200,6 +271,15 @@ def metric_from_inverse_mass_matrix(
     """
     if isinstance(inverse_mass_matrix, AbstractMetric):
         return inverse_mass_matrix
+    if isinstance(inverse_mass_matrix, Mapping):
+        tree = check_inverse_mass(inverse_mass_matrix)
+        if position is None:
+            raise ValueError(
+                "A dict `inverse_mass_matrix` is mapped onto the flattened phi, so "
+                "it needs phi: pass `position=phi` (`Sampler.init`, `Sampler.step` "
+                "and `lapsample.sample` do this themselves)."
+            )
+        return DiagonalMetric(_flatten_mass_tree(tree, position))
     array = jnp.asarray(inverse_mass_matrix)
     if array.ndim <= 1:
         return DiagonalMetric(array)
@@ -207,5 +287,6 @@ def metric_from_inverse_mass_matrix(
         return DenseMetric(array)
     raise ValueError(
         "`inverse_mass_matrix` must be a scalar, a vector (diagonal) or a square "
-        f"matrix (dense); got an array of shape {array.shape}."
+        f"matrix (dense), or a dict mirroring phi; got an array of shape "
+        f"{array.shape}."
     )

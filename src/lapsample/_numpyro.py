@@ -34,23 +34,101 @@ def _import_numpyro(what: str):
     return numpyro
 
 
-class _NumPyroLogJoint(eqx.Module):
-    """`log_joint(theta, phi)` of a NumPyro model over unconstrained values.
+class NumPyroLogJoint(eqx.Module):
+    """`log_joint(theta, phi)` of a NumPyro model over unconstrained values, built
+    by [`lapsample.from_numpyro`][].
 
-    `potential_fn(*model_args, **model_kwargs)` is NumPyro's potential-energy
-    function (`initialize_model(..., dynamic_args=True)`): minus the log joint of
-    the unconstrained values, with the log-Jacobians of the transforms from each
-    site's support to the real line. The model's data are fields, so they are
-    inputs of the compiled code rather than constants baked into it.
+    `potential(params)` is NumPyro's potential energy (minus the log joint of the
+    unconstrained values, with the log-Jacobians of the transforms from each
+    site's support to the real line). The model's arguments, its data, are
+    closed over by `potential` and `constrain_one`, not fields of this PyTree, so
+    under `jit` they stay the concrete Python and NumPy values that were given,
+    as in NumPyro's own MCMC: a model may compute with NumPy on them
+    (`len(np.unique(dept))` in NumPyro's `examples/ucbadmit.py`). They are
+    constants of the compiled code.
+
+    `constrain_one(params, return_deterministic)` maps unconstrained values to
+    the sites' supports, and `postprocess` does that for draws, so that a run on
+    this log joint's marginal shows the model's sites (`tau`, not log tau), not
+    only a run on the [`lapsample.NumPyroModel`][].
     """
 
-    potential_fn: Callable
-    model_args: tuple
-    model_kwargs: dict[str, Any]
+    potential: Callable
+    constrain_one: Callable
+    theta_init: dict[str, Array]
 
     def __call__(self, theta: dict[str, Array], phi: dict[str, Array]) -> Scalar:
-        potential = self.potential_fn(*self.model_args, **self.model_kwargs)
-        return -potential({**phi, **theta})
+        return -self.potential({**phi, **theta})
+
+    def postprocess(self, phi, theta=None) -> dict[str, np.ndarray]:
+        """Draws with leading axes `(chains, draws)` as constrained site values,
+        NumPy arrays."""
+        return _as_numpy(
+            constrain_draws(self.constrain_one, self.theta_init, phi, theta, 2)
+        )
+
+
+def constrain_draws(
+    constrain_one: Callable,
+    theta_init: dict[str, Array],
+    phi: dict[str, Any],
+    theta: dict[str, Any] | None,
+    batch_ndims: int,
+) -> dict[str, Array]:
+    """`NumPyroModel.constrain` for the sites' map `constrain_one`."""
+    if theta is None:
+        # The latent's values only matter for supports that depend on it.
+        batch = np.shape(next(iter(phi.values())))[:batch_ndims]
+        theta = jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(x, batch + jnp.shape(x)), theta_init
+        )
+        keep = set(phi)
+    else:
+        keep = None
+
+    def one(params):
+        values = constrain_one(params, keep is None)
+        return {
+            name: value
+            for name, value in values.items()
+            if keep is None or name in keep
+        }
+
+    # Batched here: `constrain_fn(batch_ndims=)` is missing from older NumPyro.
+    for _ in range(batch_ndims):
+        one = jax.vmap(one)
+    values = one({**phi, **theta})
+    # `vmap` can hand an input that passes through unchanged (a real site) back
+    # as it came, e.g. as a NumPy array.
+    return {name: jnp.asarray(value) for name, value in values.items()}
+
+
+def numpyro_postprocess(marginal) -> Callable | None:
+    """The map of draws to the model's sites for a marginal built by
+    [`lapsample.from_numpyro`][] (`None` for any other)."""
+    if isinstance(marginal, LaplaceMarginal) and isinstance(
+        marginal.log_joint, NumPyroLogJoint
+    ):
+        return marginal.log_joint.postprocess
+    return None
+
+
+def _closures(numpyro, model, potential_fn, model_args, model_kwargs):
+    """`potential` and `constrain_one`, closing over the model's arguments."""
+
+    def potential(params):
+        return potential_fn(*model_args, **model_kwargs)(params)
+
+    def constrain_one(params, return_deterministic):
+        return numpyro.infer.util.constrain_fn(
+            model,
+            model_args,
+            model_kwargs,
+            params,
+            return_deterministic=return_deterministic,
+        )
+
+    return potential, constrain_one
 
 
 def _is_latent_sample(site) -> bool:
@@ -63,6 +141,7 @@ def _check_sites(model_trace, latent: tuple[str, ...]) -> None:
     variables or `numpyro.param` sites."""
     for name in latent:
         site = model_trace.get(name)
+        _check_masked_site(model_trace, name)
         if site is None or site["type"] not in ("sample", "deterministic", "param"):
             what = "no site" if site is None else f"a {site['type']} site"
             raise ValueError(
@@ -85,6 +164,15 @@ def _check_sites(model_trace, latent: tuple[str, ...]) -> None:
                 f"{_sample_site_names(model_trace)}."
             )
     for name, site in model_trace.items():
+        if site["type"] == "plate" and _is_subsampled(site):
+            size, subsample_size = site["args"][:2]
+            raise ValueError(
+                f"The plate {name!r} has `subsample_size={subsample_size}` (of "
+                f"{size}). lapsample needs the full-data log joint: the Laplace "
+                "approximation and HMC's accept step are exact computations, and "
+                "a subsampled log joint gives a different, wrong posterior. Remove "
+                "`subsample_size` (every observation then enters the log joint)."
+            )
         if site["type"] == "param":
             raise ValueError(
                 f"The model has a `numpyro.param` site {name!r}. lapsample samples "
@@ -109,6 +197,40 @@ def _check_sites(model_trace, latent: tuple[str, ...]) -> None:
         )
 
 
+def _is_subsampled(site) -> bool:
+    args = site.get("args") or ()
+    return len(args) >= 2 and args[1] is not None and args[1] != args[0]
+
+
+def _check_masked_site(model_trace, name: str) -> None:
+    """A clear error for a name in `latent` that belongs to a site with
+    `obs_mask=`: NumPyro splits `numpyro.sample(x, ..., obs=y, obs_mask=mask)`
+    into `x_observed` (the observed entries), `x_unobserved` (a latent over
+    every entry, whose density counts only where `mask` is False) and the
+    deterministic `x` that combines them."""
+    base = name.removesuffix("_unobserved").removesuffix("_observed")
+    combined = model_trace.get(base)
+    if combined is None or combined["type"] != "deterministic":
+        return
+    if not all(
+        f"{base}{suffix}" in model_trace for suffix in ("_observed", "_unobserved")
+    ):
+        return
+    raise ValueError(
+        f"`latent` names {name!r}, part of the site {base!r} with `obs_mask=`. "
+        f"NumPyro splits it into {base + '_observed'!r} (the observed entries), "
+        f"{base + '_unobserved'!r} (an unobserved site with one entry per "
+        "observation, whose density counts only where the mask is False: the "
+        "entries at observed positions have no density at all, so a Laplace "
+        f"approximation of them is singular) and the deterministic {base!r}. "
+        "Impute the missing values with a site of "
+        "their own instead: `y_missing = numpyro.sample('y_missing', "
+        "dist.Normal(...).expand([n_missing]))`, then "
+        "`y = y_obs.at[missing_index].set(y_missing)`, and name 'y_missing' in "
+        "`latent`."
+    )
+
+
 def _sample_site_names(model_trace) -> str:
     names = [n for n, s in model_trace.items() if _is_latent_sample(s)]
     return ", ".join(repr(n) for n in names) if names else "none"
@@ -129,10 +251,9 @@ class NumPyroModel(eqx.Module):
 
     ```python
     model = lapsample.from_numpyro(eight_schools, J, sigma, y=y, latent=("theta",))
-    results = lapsample.sample(
-        jax.random.key(0), model.marginal, model.phi_init, sample_theta=True
-    )
-    idata = model.to_arviz(results)   # mu, tau, theta: constrained, site shapes
+    results = lapsample.sample(jax.random.key(0), model, sample_theta=True)
+    idata = results.to_arviz()    # mu, tau (> 0), theta: constrained, site shapes
+    draws = model.constrain(results)  # the same, as a dict of arrays
     ```
 
     - `marginal`: the [`lapsample.LaplaceMarginal`][] over `phi`; its `log_joint`
@@ -143,9 +264,12 @@ class NumPyroModel(eqx.Module):
     - `model`, `model_args`, `model_kwargs`: the NumPyro model and the arguments
       it was traced with.
 
-    `results.to_arviz()` names the draws by site but shows the unconstrained
-    values (`tau` on the log scale); `model.to_arviz(results)` and
-    `model.constrain(results)` map them back to each site's support.
+    What shows the draws shows the sites, constrained: `results.to_arviz()`,
+    `results.summary()` and `results.print_summary()` give `tau`, not its
+    logarithm, whether the run was given the model, `model.marginal` or a
+    [`lapsample.Sampler`][] built on it. Only `results.phi` and `results.theta`
+    hold the unconstrained values the sampler worked with (`results.phi["tau"]`
+    is log tau); `model.constrain(results)` maps them to the sites.
     """
 
     marginal: LaplaceMarginal
@@ -162,16 +286,21 @@ class NumPyroModel(eqx.Module):
 
     def constrain(
         self,
-        phi: dict[str, Any],
+        phi: dict[str, Any] | SampleResults,
         theta: dict[str, Any] | None = None,
         *,
         batch_ndims: int = 0,
     ) -> dict[str, Array]:
         """Map unconstrained values of `phi` (and `theta`) to each site's support.
 
+        `model.constrain(results)` maps the draws of a run
+        (`constrain(results.phi, results.theta, batch_ndims=2)`).
+
         **Arguments:**
 
-        - `phi`: unconstrained values of the `phi` sites (e.g. `results.phi`).
+        - `phi`: unconstrained values of the `phi` sites (e.g. `results.phi`), or
+          a [`lapsample.SampleResults`][] (then `theta` and `batch_ndims` are
+          taken from it).
         - `theta`: unconstrained values of the latent sites (e.g.
           `results.theta`), or `None`.
         - `batch_ndims`: the number of leading batch axes of every value (2 for
@@ -183,38 +312,13 @@ class NumPyroModel(eqx.Module):
         `numpyro.deterministic` site. Without it: the `phi` sites only (the
         latent, and so the deterministic sites, are not known).
         """
-        numpyro = _import_numpyro("NumPyroModel.constrain")
-        if theta is None:
-            # The latent's values only matter for supports that depend on it.
-            batch = np.shape(next(iter(phi.values())))[:batch_ndims]
-            theta = jax.tree_util.tree_map(
-                lambda x: jnp.broadcast_to(x, batch + jnp.shape(x)), self.theta_init
-            )
-            keep = set(phi)
-        else:
-            keep = None
-
-        def one(params):
-            values = numpyro.infer.util.constrain_fn(
-                self.model,
-                self.model_args,
-                self.model_kwargs,
-                params,
-                return_deterministic=keep is None,
-            )
-            return {
-                name: value
-                for name, value in values.items()
-                if keep is None or name in keep
-            }
-
-        # Batched here: `constrain_fn(batch_ndims=)` is missing from older NumPyro.
-        for _ in range(batch_ndims):
-            one = jax.vmap(one)
-        values = one({**phi, **theta})
-        # `vmap` can hand an input that passes through unchanged (a real site) back
-        # as it came, e.g. as a NumPy array.
-        return {name: jnp.asarray(value) for name, value in values.items()}
+        if isinstance(phi, SampleResults):
+            return self.constrain(phi.phi, phi.theta, batch_ndims=2)
+        _import_numpyro("NumPyroModel.constrain")
+        log_joint = self.marginal.log_joint
+        return constrain_draws(
+            log_joint.constrain_one, self.theta_init, phi, theta, batch_ndims
+        )
 
     def constrain_results(self, results: SampleResults) -> dict[str, np.ndarray]:
         """The draws of a run of [`lapsample.sample`][] in the constrained space,
@@ -257,8 +361,9 @@ class NumPyroModel(eqx.Module):
         """`results` as an `arviz.InferenceData`, with the constrained values under
         the site names: `tau`, not its logarithm; `theta` with the site's shape.
 
-        Results of `lapsample.sample(key, model)` already show the sites through
-        their own `to_arviz()`; this is for results of a run on `self.marginal`.
+        The same as `results.to_arviz()`, which shows the sites already for a run
+        on the model, on `self.marginal` or on a [`lapsample.Sampler`][] built on
+        it; kept for results made otherwise (e.g. assembled by hand).
 
         **Arguments:**
 
@@ -368,18 +473,17 @@ def from_numpyro(
             numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
 
     model = lapsample.from_numpyro(eight_schools, 8, sigma, y=y, latent=("theta",))
-    results = lapsample.sample(
-        jax.random.key(0), model.marginal, model.phi_init, sample_theta=True
-    )
-    model.to_arviz(results)          # mu, tau (> 0), theta (8 values)
+    results = lapsample.sample(jax.random.key(0), model, sample_theta=True)
+    results.to_arviz()               # mu, tau (> 0), theta (8 values)
     ```
 
     The model is traced with NumPyro's own utilities
     (`numpyro.infer.util.initialize_model` and `potential_energy`): `log_joint(theta,
     phi)` is NumPyro's log density with every unobserved site mapped to the real
     line by the transform of its support, log-Jacobians included. So `theta` and
-    `phi` are dicts of unconstrained values keyed by site name (`tau` on the log
-    scale); [`lapsample.NumPyroModel.to_arviz`][] maps draws back.
+    `phi` are dicts of unconstrained values keyed by site name (`results.phi["tau"]`
+    is log tau); what shows the draws (`results.to_arviz()`, `results.summary()`)
+    maps them back to the sites, and so does `model.constrain(results)`.
 
     A latent site with a constrained support (e.g. a positive rate) is integrated
     out on its unconstrained scale; the Laplace approximation is then one of the
@@ -388,8 +492,10 @@ def from_numpyro(
     **Arguments:**
 
     - `model`: a NumPyro model (a function with `numpyro.sample` sites).
-    - `*model_args`, `**model_kwargs`: the model's arguments, data included. They
-      are stored in the log joint (arrays as inputs of the compiled code).
+    - `*model_args`, `**model_kwargs`: the model's arguments, data included. As
+      in NumPyro's own MCMC, they stay the concrete values given (closed over,
+      not traced), so the model may use NumPy on them (`np.unique(dept)`); they
+      are constants of the compiled code.
     - `latent`: the names of the sample sites to integrate out (`theta`). Every one
       must be an unobserved, continuous sample site; at least one other unobserved
       site must remain for `phi`.
@@ -409,9 +515,10 @@ def from_numpyro(
     **Raises:**
 
     `ImportError` without NumPyro; `ValueError` when a name in `latent` is not an
-    unobserved sample site of the model (missing, observed, deterministic), when
-    the model has a discrete unobserved site or a `numpyro.param` site, or when
-    `latent` leaves nothing for `phi`.
+    unobserved sample site of the model (missing, observed, deterministic, part of
+    a site with `obs_mask=`), when the model has a discrete unobserved site, a
+    `numpyro.param` site or a plate with `subsample_size`, or when `latent` leaves
+    nothing for `phi`.
     """
     numpyro = _import_numpyro("lapsample.from_numpyro")
     from numpyro import handlers
@@ -455,7 +562,10 @@ def from_numpyro(
     z = info.param_info.z
     theta_init = {name: z[name] for name in latent}
     phi_init = {name: value for name, value in z.items() if name not in latent}
-    log_joint = _NumPyroLogJoint(info.potential_fn, model_args, dict(model_kwargs))
+    potential, constrain_one = _closures(
+        numpyro, model, info.potential_fn, model_args, dict(model_kwargs)
+    )
+    log_joint = NumPyroLogJoint(potential, constrain_one, theta_init)
     marginal = LaplaceMarginal(log_joint, theta_init, inner_solver, hessian)
     return NumPyroModel(
         marginal=marginal,

@@ -58,12 +58,25 @@ with warnings.catch_warnings():
 
 # What to do about each code when it stops a run before it starts (the codes'
 # own messages say what happened; these add the fix in the user's terms).
+_MAX_STEPS_FIX = (
+    "The inner solve did not converge from `theta_init` at this `phi`: raise "
+    "the inner solver's `max_steps` (e.g. `Newton(max_steps=200)`, "
+    "`BFGS(max_steps=500)`, or `LatentGaussianMarginal(max_steps=200)`), or start "
+    "it nearer the mode (for count models, `theta_init = log(y + 1)`)."
+)
 _FIXES = {
-    "inner_solve_failed": (
-        "The inner solve did not converge from `theta_init` at this `phi`: raise "
-        "the inner solver's `max_steps` (e.g. `Newton(max_steps=200)`, or "
-        "`LatentGaussianMarginal(max_steps=200)`), or start it nearer the mode "
-        "(for count models, `theta_init = log(y + 1)`)."
+    "inner_solve_failed": _MAX_STEPS_FIX,
+    # Optimistix's own codes, from the `BFGS`/`NonlinearCG` inner solvers.
+    "nonlinear_max_steps_reached": _MAX_STEPS_FIX,
+    "nonlinear_divergence": (
+        "The inner solver diverged from `theta_init` at this `phi`: use "
+        "`Newton()` (the default inner solver), start `theta_init` nearer the "
+        "mode, and check that the log joint is concave in `theta` and that the "
+        "data it reads are finite."
+    ),
+    "nonfinite": (
+        "The inner solve met a NaN or inf: check the data the log joint reads "
+        "for NaN or inf, and start at a `phi` inside the support of the prior."
     ),
     "hessian_not_positive_definite": (
         "The log joint is not concave in `theta` at this `phi` (its negative "
@@ -86,7 +99,8 @@ _FIXES = {
     ),
     "nonfinite_log_density": (
         "The log density or its gradient is NaN or infinite there: check the data "
-        "for NaN, and start at a `phi` inside the support of the prior."
+        "for NaN or inf (e.g. `np.isfinite(y).all()`), and start at a `phi` inside "
+        "the support of the prior."
     ),
 }
 

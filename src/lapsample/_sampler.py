@@ -1,5 +1,7 @@
 """The sampler: a marginal, a proposal, a trajectory and an integrator."""
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
@@ -10,7 +12,12 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 from ._hamiltonian import Hamiltonian, initial_point
 from ._integrator import AbstractIntegrator, Leapfrog
 from ._marginal.base import AbstractMarginal
-from ._metric import AbstractMetric, metric_from_inverse_mass_matrix
+from ._metric import (
+    AbstractMetric,
+    as_inverse_mass,
+    check_inverse_mass,
+    metric_from_inverse_mass_matrix,
+)
 from ._misc import concrete_value, TreeRaveller
 from ._phase_space import FlatLogDensity
 from ._proposal import AbstractProposal
@@ -71,12 +78,6 @@ class SamplerInfo(eqx.Module):
     result: RESULTS
 
 
-def _as_inverse_mass(x):
-    if isinstance(x, AbstractMetric):
-        return x
-    return as_float(x)
-
-
 class Sampler(eqx.Module):
     """Hamiltonian Monte Carlo on a marginal log density over `phi`, assembled from
     pluggable parts.
@@ -111,7 +112,7 @@ class Sampler(eqx.Module):
     trajectory: AbstractTrajectory
     integrator: AbstractIntegrator
     step_size: Float[Array, ""]
-    inverse_mass_matrix: Float[Array, "*shape"] | AbstractMetric
+    inverse_mass_matrix: Float[Array, "*shape"] | AbstractMetric | dict[str, Any]
     divergence_threshold: Float[Array, ""]
 
     def __init__(
@@ -122,7 +123,7 @@ class Sampler(eqx.Module):
         integrator: AbstractIntegrator = Leapfrog(),
         *,
         step_size: ArrayLike,
-        inverse_mass_matrix: ArrayLike | AbstractMetric,
+        inverse_mass_matrix: ArrayLike | AbstractMetric | dict[str, Any],
         divergence_threshold: ArrayLike = 1000.0,
     ):
         self.marginal = marginal
@@ -130,7 +131,7 @@ class Sampler(eqx.Module):
         self.trajectory = trajectory
         self.integrator = integrator
         self.step_size = as_float(step_size)
-        self.inverse_mass_matrix = _as_inverse_mass(inverse_mass_matrix)
+        self.inverse_mass_matrix = as_inverse_mass(inverse_mass_matrix)
         self.divergence_threshold = as_float(divergence_threshold)
 
     def __check_init__(self):
@@ -165,14 +166,17 @@ class Sampler(eqx.Module):
                 f"`divergence_threshold` must be positive, got {threshold}; the "
                 "default is 1000 (an energy error in nats)."
             )
-        # Validates the shape of the inverse mass matrix.
-        metric_from_inverse_mass_matrix(self.inverse_mass_matrix)
+        # Validates the values and shape of the inverse mass matrix.
+        check_inverse_mass(self.inverse_mass_matrix)
 
     @property
     def metric(self) -> AbstractMetric:
         """The [`lapsample.AbstractMetric`][] built from `inverse_mass_matrix`: a
         scalar or a vector gives a [`lapsample.DiagonalMetric`][], a matrix a
-        [`lapsample.DenseMetric`][]."""
+        [`lapsample.DenseMetric`][]. A dict mirroring `phi` needs `phi` for its
+        layout: use `lapsample.metric_from_inverse_mass_matrix(
+        sampler.inverse_mass_matrix, phi)` (`init`, `step` and
+        `lapsample.sample` do)."""
         return metric_from_inverse_mass_matrix(self.inverse_mass_matrix)
 
     def init(
@@ -195,7 +199,8 @@ class Sampler(eqx.Module):
         A [`lapsample.SamplerState`][].
         """
         position = jtu.tree_map(as_float, position)
-        self.metric.check_size(TreeRaveller(position).size)
+        metric = metric_from_inverse_mass_matrix(self.inverse_mass_matrix, position)
+        metric.check_size(TreeRaveller(position).size)
         return _init(self.marginal, position, theta_guess)
 
     def step(
@@ -212,7 +217,10 @@ class Sampler(eqx.Module):
 
         `(new_state, info)`, with `info` a [`lapsample.SamplerInfo`][].
         """
-        self.metric.check_size(TreeRaveller(state.position).size)
+        metric = metric_from_inverse_mass_matrix(
+            self.inverse_mass_matrix, state.position
+        )
+        metric.check_size(TreeRaveller(state.position).size)
         return _step(self, key, state)
 
 
@@ -239,7 +247,9 @@ def _init(marginal, position, theta_guess):
 def _step(sampler: Sampler, key, state):
     raveller = TreeRaveller(state.position)
     logdensity = FlatLogDensity(sampler.marginal, raveller)
-    metric = sampler.metric
+    metric = metric_from_inverse_mass_matrix(
+        sampler.inverse_mass_matrix, state.position
+    )
     flat = raveller.ravel(state.position)
     key_momentum, key_trajectory = jr.split(key)
     initial = initial_point(
@@ -298,8 +308,11 @@ Sampler.__init__.__doc__ = """**Arguments:**
 - `step_size`: the integrator's step size (keyword-only; a scalar, stored as an
     array).
 - `inverse_mass_matrix`: keyword-only; a scalar or a vector (diagonal metric) or a
-    square matrix (dense metric) over the flattened `phi`, or an
-    [`lapsample.AbstractMetric`][].
+    square matrix (dense metric) over the flattened `phi`, in the order of
+    `jax.flatten_util.ravel_pytree` (a dict's keys sorted, not as written); or a
+    dict mirroring a dict `phi`, one positive scalar (or array of the leaf's shape)
+    per key, e.g. `{"mu": 1.0, "log_tau": 2.0}` (a diagonal metric, mapped onto
+    the flattened layout); or an [`lapsample.AbstractMetric`][].
 - `divergence_threshold`: the energy error `H - H₀` above which a trajectory is
     divergent (default 1000, as in Stan).
 

@@ -17,7 +17,26 @@ def leaf_paths(tree):
     ]
 
 
+COMPLEX_MESSAGE = (
+    "{name} is complex ({dtype}). lapsample works with real log densities of "
+    "real variables: gradients, Newton steps and momenta of complex values are "
+    "not defined here. Pass real floats: `x.real` if the imaginary part is zero, "
+    "or split a complex quantity into two real ones (`x.real`, `x.imag`)."
+)
+
+
+def check_real_tree(tree, name: str) -> None:
+    """A `TypeError` that names the leaf, for complex leaves of `tree`."""
+    for path, leaf in leaf_paths(tree):
+        dtype = jnp.result_type(leaf) if hasattr(leaf, "dtype") else None
+        if dtype is None and isinstance(leaf, complex):
+            dtype = jnp.result_type(complex)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(COMPLEX_MESSAGE.format(name=f"`{name}{path}`", dtype=dtype))
+
+
 def check_float_tree(tree, name: str, example: str):
+    check_real_tree(tree, name)
     for path, leaf in leaf_paths(tree):
         if hasattr(leaf, "dtype"):
             dtype = leaf.dtype
@@ -50,6 +69,8 @@ def nonfinite_report(tree, name: str) -> str:
 
 def as_float(x: ArrayLike) -> Array:
     x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(COMPLEX_MESSAGE.format(name="An input", dtype=x.dtype))
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(float))
     return x

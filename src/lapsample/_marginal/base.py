@@ -122,6 +122,16 @@ class PlainDensity(AbstractMarginal):
     def __call__(self, phi, theta_guess=None):
         del theta_guess
         value = jnp.asarray(self.logdensity_fn(phi))
+        # Shapes are static: a user error, reported while tracing (before
+        # compiling), not a JAX error about `where` deep inside the sampler.
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(
+                "`PlainDensity`: `logdensity_fn(phi)` must return a real scalar "
+                f"(shape ()), the log density; it returned shape {value.shape} and "
+                f"dtype {value.dtype}. Return one number: sum the terms "
+                "(`.sum()`), take the single entry (`[0]`), or drop "
+                "`keepdims=True`; and compute it in floating point."
+            )
         result = RESULTS.where(
             jnp.isfinite(value), RESULTS.successful, RESULTS.nonfinite_log_density
         )
@@ -132,5 +142,6 @@ class PlainDensity(AbstractMarginal):
 
 PlainDensity.__init__.__doc__ = """**Arguments:**
 
-- `logdensity_fn`: `phi -> scalar`, a log density up to a constant.
+- `logdensity_fn`: `phi -> scalar`, a log density up to a constant (a real
+    scalar of shape `()`, not `(1,)`).
 """

@@ -176,9 +176,11 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
                 f"These inputs are not finite: {inputs}."
                 if inputs
                 else "Both inputs are finite, so the model itself gives "
-                "log(0) or NaN there: pick a `phi` inside the support of the prior "
-                "and a `theta_init` where the likelihood is positive (for count "
-                "models, e.g. `log(y + 1)`)."
+                "log(0) or NaN there: check the data the log joint reads for NaN "
+                "or inf (e.g. `np.isfinite(y).all()`; drop or impute missing "
+                "values), pick a `phi` inside the support of the prior and a "
+                "`theta_init` where the likelihood is positive (for count models, "
+                "e.g. `log(y + 1)`)."
             )
             raise ValueError(
                 f"`log_joint(theta_init, phi)` is {float(value)} at the starting "

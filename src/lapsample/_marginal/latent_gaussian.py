@@ -77,7 +77,7 @@ from .lg_covariance import (
     newton_cov,
 )
 from .lg_newton import NewtonSettings
-from .lg_precision import newton_prec, prec_cotangents
+from .lg_precision import check_band_layout, newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
 
 
@@ -270,10 +270,10 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         if self.theta_init is not None:
             theta_init = jnp.asarray(self.theta_init)
             if theta_init.ndim != 1 or not jnp.issubdtype(
-                theta_init.dtype, jnp.inexact
+                theta_init.dtype, jnp.floating
             ):
                 raise TypeError(
-                    "`theta_init` must be a 1-D floating array (one latent per "
+                    "`theta_init` must be a 1-D real floating array (one latent per "
                     f"observation), got shape {theta_init.shape} and dtype "
                     f"{theta_init.dtype}."
                 )
@@ -301,7 +301,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
 
     def _check_shapes(self, mat, params):
         # Shapes are static: a mismatch is a user error, reported before compiling.
-        if mat.ndim != 2 or not jnp.issubdtype(mat.dtype, jnp.inexact):
+        if mat.ndim != 2 or not jnp.issubdtype(mat.dtype, jnp.floating):
             raise ValueError(
                 "`covariance(phi)`/`precision(phi)` must return a 2-D floating array, "
                 f"got shape {mat.shape} and dtype {mat.dtype}."
@@ -499,6 +499,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     "At the starting `phi`: "
                     + RESULTS[RESULTS.prior_not_positive_definite]
                 )
+        else:
+            check_band_layout(eqx.filter_jit(self._functions())(phi)[0])
 
 
 LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**

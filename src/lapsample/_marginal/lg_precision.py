@@ -3,7 +3,8 @@ banded kernels, and its cotangents from the selected inverse."""
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 from .._linalg.banded import (
     add_to_block_diagonal,
@@ -18,6 +19,38 @@ from .._linalg.banded import (
 )
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
+
+
+BAND_LAYOUT = (
+    "`precision(phi)` must return the lower bands of Q, not Q itself: an array of "
+    "shape (b + 1, n) with `Q_band[k, i] = Q[i + k, i]` (row 0 the diagonal, row k "
+    "the k-th sub-diagonal padded at the end), b the bandwidth. From a full "
+    "matrix: `jnp.stack([jnp.pad(jnp.diagonal(Q, -k), (0, k)) for k in "
+    "range(b + 1)])`; a Q with no band structure belongs in the covariance form "
+    "(`covariance=phi -> inv(Q)`)."
+)
+
+
+def check_band_layout(band: ArrayLike) -> None:
+    """A clear `ValueError` for a concrete `precision(phi)` that is a full
+    symmetric `n × n` matrix rather than its lower bands.
+
+    The two layouts share the shape `(n, n)` (a band of width `n - 1`), so the
+    values decide: Q is symmetric, while its lower bands are symmetric only by
+    coincidence (row 0 would have to equal column 0: Q's diagonal equal to its
+    first column). Checked on concrete values, by `LatentGaussianMarginal.check`
+    (which `lapsample.sample` calls), not while tracing.
+    """
+    band = np.asarray(band)
+    n = band.shape[-1]
+    if band.ndim != 2 or band.shape != (n, n) or n < 2:
+        return
+    if np.all(np.isfinite(band)) and np.allclose(band, band.T, rtol=1e-10, atol=0):
+        raise ValueError(
+            f"`precision(phi)` returned a symmetric {n} × {n} matrix: that looks "
+            "like the full precision Q, which would be read as its lower bands "
+            "and give wrong values. " + BAND_LAYOUT
+        )
 
 
 # --------------------------------------------------------------------------------

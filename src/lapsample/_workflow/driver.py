@@ -24,6 +24,7 @@ from .loop import Run, run_loop
 from .settings import (
     as_sampler,
     per_chain_positions,
+    resolve_inverse_mass,
     RunSettings,
     unwrap_numpyro,
     with_postprocess,
@@ -289,6 +290,7 @@ def sample(
             initial_position, settings.num_chains, settings.chain_axis
         )
         first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+        sampler = resolve_inverse_mass(sampler, first)
         if has_latent:
             # Clear errors for a model that fails at the start, before compiling.
             sampler.marginal.check(first)

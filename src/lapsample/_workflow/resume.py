@@ -23,6 +23,7 @@ from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
 from .settings import (
     as_sampler,
     inverse_mass_array,
+    resolve_inverse_mass,
     RunSettings,
     unwrap_numpyro,
     with_postprocess,
@@ -118,8 +119,6 @@ def resume(
     # several processes may load its results at once.
     writes = step < settings.total
     with writing_checkpoint(path if writes else None):
-        sampler = as_sampler(model)
-        run = Run(sampler, settings, arrays["key_data"], key_impl)
 
         def entries(prefix):
             names = sorted(
@@ -129,6 +128,10 @@ def resume(
             return [arrays[n] for n in names]
 
         positions = checkpoint_file.decode_structure(structure, entries("positions"))
+        sampler = resolve_inverse_mass(
+            as_sampler(model), jtu.tree_map(lambda x: x[0], positions)
+        )
+        run = Run(sampler, settings, arrays["key_data"], key_impl)
         carry_template = run.setup_shape(positions)
         carry_leaves = entries("carry")
         template_leaves, carry_def = jtu.tree_flatten(carry_template)

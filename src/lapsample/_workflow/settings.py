@@ -12,13 +12,13 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
-from .._metric import DenseMetric, DiagonalMetric
-from .._numpyro import NumPyroModel
+from .._metric import DenseMetric, DiagonalMetric, metric_from_inverse_mass_matrix
+from .._numpyro import numpyro_postprocess, NumPyroModel
 from .._nuts import NoUTurn
 from .._output.sample_results import SampleResults
 from .._proposal import Multinomial
 from .._sampler import Sampler
-from .._validate import check_bool, check_int
+from .._validate import check_bool, check_int, check_real_tree
 from .schedule import MIN_WARMUP_FOR_MASS
 
 
@@ -27,9 +27,12 @@ TARGET_CHUNKS = 50
 
 
 def unwrap_numpyro(model, initial_position, need_position: bool = True):
-    """`(model, initial_position, numpyro_model)`: a [`lapsample.NumPyroModel`][]
-    becomes its marginal, starts at its `phi_init` unless told otherwise, and
-    (through `with_postprocess`) names the draws by its constrained sites."""
+    """`(model, initial_position, source)`: a [`lapsample.NumPyroModel`][]
+    becomes its marginal and starts at its `phi_init` unless told otherwise;
+    `source` (the NumPyro model, or the log joint of a marginal built by
+    `from_numpyro`, else `None`) lets `with_postprocess` name the draws by the
+    model's constrained sites, also for its marginal (or a `Sampler` on it) given
+    on its own."""
     if isinstance(model, NumPyroModel):
         if initial_position is None:
             initial_position = model.phi_init
@@ -40,21 +43,24 @@ def unwrap_numpyro(model, initial_position, need_position: bool = True):
             f"{type(model).__name__}; only a model from `lapsample.from_numpyro` "
             "brings its own."
         )
-    return model, initial_position, None
+    # `model.marginal` of a NumPyro model (or a `Sampler` on it) names its draws
+    # by the model's constrained sites too: never `tau` holding log tau.
+    marginal = model.marginal if isinstance(model, Sampler) else model
+    source = marginal.log_joint if numpyro_postprocess(marginal) is not None else None
+    return model, initial_position, source
 
 
-def with_postprocess(
-    results: SampleResults, numpyro_model, phi_order=None
-) -> SampleResults:
-    """`results` with the user's order of `phi` and, for a NumPyro model, its
-    constrained sites and pointwise log-likelihood."""
+def with_postprocess(results: SampleResults, source, phi_order=None) -> SampleResults:
+    """`results` with the user's order of `phi` and, for a NumPyro model (`source`
+    from `unwrap_numpyro`), its constrained sites and, where the source has them,
+    pointwise log-likelihoods."""
     results = dataclasses.replace(results, phi_order=phi_order)
-    if numpyro_model is None:
+    if source is None:
         return results
     return eqx.tree_at(
         lambda r: (r.postprocess, r.pointwise_log_likelihood),
         results,
-        (numpyro_model.postprocess, numpyro_model.pointwise_log_likelihood),
+        (source.postprocess, getattr(source, "pointwise_log_likelihood", None)),
         is_leaf=lambda x: x is None,
     )
 
@@ -74,20 +80,33 @@ def as_sampler(model) -> Sampler:
 
 
 def inverse_mass_array(sampler: Sampler):
-    """The sampler's inverse mass matrix as an array, or `None` for a custom
-    metric."""
+    """The sampler's inverse mass matrix as an array (a dict mirroring phi as it
+    is), or `None` for a custom metric."""
     imm = sampler.inverse_mass_matrix
     if isinstance(imm, DiagonalMetric | DenseMetric):
         return imm.inverse_mass_matrix
-    if isinstance(imm, jax.Array | np.ndarray):
+    if isinstance(imm, jax.Array | np.ndarray | dict):
         return imm
     return None
+
+
+def resolve_inverse_mass(sampler: Sampler, position) -> Sampler:
+    """A dict inverse mass matrix mirroring phi becomes the vector over the
+    flattened `position` (sorted keys), before anything compiles; a clear error
+    when it does not mirror `position`."""
+    if not isinstance(sampler.inverse_mass_matrix, dict):
+        return sampler
+    metric = metric_from_inverse_mass_matrix(sampler.inverse_mass_matrix, position)
+    return eqx.tree_at(
+        lambda s: s.inverse_mass_matrix, sampler, metric.inverse_mass_matrix
+    )
 
 
 def per_chain_positions(initial_position, num_chains, chain_axis):
     leaves, treedef = jtu.tree_flatten(initial_position)
     if not leaves:
         raise ValueError("`initial_position` has no arrays.")
+    check_real_tree(initial_position, "initial_position")
     out = []
     for path, leaf in jtu.tree_flatten_with_path(initial_position)[0]:
         array = np.asarray(leaf)

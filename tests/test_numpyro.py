@@ -227,8 +227,8 @@ def test_runs_on_the_marginal_show_the_sites(schools, getkey):
         inverse_mass_matrix=1.0,
     )
     for given in (schools, schools.marginal, sampler):
-        _, start, postprocess = unwrap_numpyro(given, None if given is schools else 0)
-        out = postprocess(phi, theta)
+        _, start, source = unwrap_numpyro(given, None if given is schools else 0)
+        out = source.postprocess(phi, theta)
         assert set(out) == {"mu", "tau", "theta", "tau_squared"}
         np.testing.assert_allclose(out["tau"], np.exp(phi["tau"]), rtol=1e-14)
     hand_written = ls.LaplaceMarginal(EightSchoolsLogJoint(Y, SIGMA), jnp.zeros(8))

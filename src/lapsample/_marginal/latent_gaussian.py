@@ -76,6 +76,7 @@ from .lg_covariance import (
     covariance_symmetric,
     newton_cov,
 )
+from .lg_link import check_index, check_shapes, LinkedLikelihood
 from .lg_newton import NewtonSettings
 from .lg_precision import newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
@@ -87,11 +88,12 @@ from .likelihoods import AbstractLikelihood
 
 
 class _PhiFunctions(eqx.Module):
-    """`phi -> (K or Q_band, m, likelihood params)`."""
+    """`phi -> (K or Q_band, m, (likelihood params, offset))`."""
 
     prior_matrix: Callable
     mean: Callable | None
     likelihood_params: Callable | None
+    offset: Callable | None
 
     def __call__(self, phi):
         mat = jnp.asarray(self.prior_matrix(phi))
@@ -101,7 +103,10 @@ class _PhiFunctions(eqx.Module):
         else:
             mean = jnp.broadcast_to(jnp.asarray(self.mean(phi), mat.dtype), (n,))
         params = None if self.likelihood_params is None else self.likelihood_params(phi)
-        return mat, mean, params
+        offset = (
+            None if self.offset is None else jnp.asarray(self.offset(phi), mat.dtype)
+        )
+        return mat, mean, (params, offset)
 
 
 # --------------------------------------------------------------------------------
@@ -239,6 +244,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
     precision: Callable | None = None
     mean: Callable | None = None
     likelihood_params: Callable | None = None
+    index: Any = eqx.field(default=None, converter=check_index)
+    offset: Callable | None = None
     log_prior: Callable | None = None
     theta_init: Any = None
     max_steps: int = 50
@@ -259,7 +266,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 "`precision=phi -> Q_band` (the lower bands of a banded precision, "
                 "shape (bandwidth + 1, n))."
             )
-        for name in ("covariance", "precision", "mean", "likelihood_params"):
+        for name in ("covariance", "precision", "mean", "likelihood_params", "offset"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
                 raise TypeError(
@@ -283,7 +290,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
 
     def _functions(self) -> _PhiFunctions:
         matrix = self.covariance if self.precision is None else self.precision
-        return _PhiFunctions(matrix, self.mean, self.likelihood_params)
+        return _PhiFunctions(matrix, self.mean, self.likelihood_params, self.offset)
 
     def _settings(self, dtype) -> NewtonSettings:
         eps = float(jnp.finfo(dtype).eps)
@@ -299,47 +306,17 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             use_associative(self.recurrences),
         )
 
-    def _check_shapes(self, mat, params):
-        # Shapes are static: a mismatch is a user error, reported before compiling.
-        if mat.ndim != 2 or not jnp.issubdtype(mat.dtype, jnp.inexact):
-            raise ValueError(
-                "`covariance(phi)`/`precision(phi)` must return a 2-D floating array, "
-                f"got shape {mat.shape} and dtype {mat.dtype}."
-            )
-        n = mat.shape[1]
-        if self.precision is None and mat.shape != (n, n):
-            raise ValueError(
-                f"`covariance(phi)` must return a square n × n matrix, got shape "
-                f"{mat.shape}."
-            )
-        if self.precision is not None and not 1 <= mat.shape[0] <= n:
-            raise ValueError(
-                "`precision(phi)` must return the lower bands of Q, shape "
-                f"(bandwidth + 1, n) with bandwidth < n, got shape {mat.shape}."
-            )
-        try:
-            out = jax.eval_shape(
-                self.likelihood.derivatives,
-                jax.ShapeDtypeStruct((n,), mat.dtype),
-                params,
-            )
-        except Exception as e:
-            raise ValueError(
-                f"The likelihood does not accept a latent of length {n} (the size of "
-                f"the prior's matrix) with these `likelihood_params`: {e}"
-            ) from e
-        if any(o.shape != (n,) for o in out):
-            raise ValueError(
-                f"The likelihood's derivatives have shapes {[o.shape for o in out]}, "
-                f"not ({n},): the data and the prior's matrix disagree in length."
-            )
+    def _linked(self, num_latent: int) -> LinkedLikelihood:
+        return LinkedLikelihood(self.likelihood, self.index, num_latent)
 
     def __call__(self, phi, theta_guess=None):
         fns = self._functions()
         # Closed-over tracers become explicit inputs, as custom rules require.
         fns = eqx.filter_closure_convert(fns, phi)
         mat, _, params = jax.eval_shape(fns, phi)
-        self._check_shapes(mat, params)
+        check_shapes(
+            self.likelihood, self.index, mat, params, self.precision is not None
+        )
         guess = self.theta_init if theta_guess is None else theta_guess
         if guess is not None:
             guess = jnp.asarray(guess, mat.dtype)
@@ -350,7 +327,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     f"({mat.shape[1]},)."
                 )
         value, theta, result, num_steps = _latent_gaussian_log_marginal(
-            phi, fns, self.likelihood, guess, self._settings(mat.dtype)
+            phi, fns, self._linked(mat.shape[1]), guess, self._settings(mat.dtype)
         )
         if self.log_prior is not None:
             value = value + jnp.where(
@@ -389,7 +366,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         """
         mat, _, params = self._functions()(phi)
         theta_star = jnp.asarray(theta_star, mat.dtype)
-        w = -self.likelihood.derivatives(theta_star, params)[2]
+        w = -self._linked(mat.shape[1]).derivatives(theta_star, params)[2]
         draw, _, _ = self._conditional(mat, w)
         return theta_star + draw(key)
 
@@ -462,7 +439,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         value, aux = self(phi, theta_guess)
         mat, mean, params = self._functions()(phi)
         theta_star = aux.theta_star
-        w = -self.likelihood.derivatives(theta_star, params)[2]
+        w = -self._linked(mat.shape[1]).derivatives(theta_star, params)[2]
         draw, quadratic_form, log_prior_density = self._conditional(mat, w)
         log_prior = (
             jnp.zeros((), mat.dtype)
@@ -473,7 +450,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         def log_joint(theta):
             return (
                 log_prior_density(theta - mean)
-                + self.likelihood.log_density(theta, params)
+                + self._linked(mat.shape[1]).log_density(theta, params)
                 + log_prior
             )
 

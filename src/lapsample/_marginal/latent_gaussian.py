@@ -45,7 +45,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
@@ -70,13 +69,20 @@ from .base import (
     MarginalAux,
 )
 from .lg_covariance import (
-    b_factor,
+    b_draw,
     cov_cotangents,
     covariance_ok,
     covariance_symmetric,
     newton_cov,
 )
-from .lg_link import check_index, check_shapes, LinkedLikelihood
+from .lg_design import (
+    check_design,
+    design_cotangents,
+    design_draw,
+    DesignLikelihood,
+    newton_design,
+)
+from .lg_link import check_index, check_link, check_shapes, LinkedLikelihood
 from .lg_newton import NewtonSettings
 from .lg_precision import newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
@@ -122,7 +128,8 @@ def _forward(phi, fns, lik, theta_guess, settings):
         )
         a = jnp.zeros_like(theta)
     else:
-        value, a, theta, factor, result, num_steps = newton_cov(
+        newton = newton_design if isinstance(lik, DesignLikelihood) else newton_cov
+        value, a, theta, factor, result, num_steps = newton(
             lik, params, mat, mean, theta_guess, settings
         )
     value, theta_out, result, ok = finish_forward(value, theta, result, theta_guess)
@@ -167,7 +174,9 @@ def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settin
     else:
         a = jnp.where(ok, a, 0.0)
         factor = jnp.where(ok, factor, jnp.eye(theta.shape[0], dtype=theta.dtype))
-        mat_bar, mean_bar, lik_terms = cov_cotangents(
+        design = isinstance(lik, DesignLikelihood)
+        cotangents = design_cotangents if design else cov_cotangents
+        mat_bar, mean_bar, lik_terms = cotangents(
             lik, theta, a, factor, mat, mean, params, value_bar, theta_bar
         )
         params_bar = None if params is None else jax.grad(lik_terms)(params)
@@ -245,6 +254,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
     mean: Callable | None = None
     likelihood_params: Callable | None = None
     index: Any = eqx.field(default=None, converter=check_index)
+    design: Any = eqx.field(default=None, converter=check_design)
     offset: Callable | None = None
     log_prior: Callable | None = None
     theta_init: Any = None
@@ -284,6 +294,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     f"observation), got shape {theta_init.shape} and dtype "
                     f"{theta_init.dtype}."
                 )
+        check_link(self.index, self.design, self.precision)
         check_recurrences(self.recurrences, "LatentGaussianMarginal")
         check_solver_settings("LatentGaussianMarginal", self.max_steps, xtol=self.xtol)
         check_int("LatentGaussianMarginal(max_backtracks=...)", self.max_backtracks, 0)
@@ -306,7 +317,9 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             use_associative(self.recurrences),
         )
 
-    def _linked(self, num_latent: int) -> LinkedLikelihood:
+    def _linked(self, num_latent: int) -> LinkedLikelihood | DesignLikelihood:
+        if self.design is not None:
+            return DesignLikelihood(self.likelihood, self.design)
         return LinkedLikelihood(self.likelihood, self.index, num_latent)
 
     def __call__(self, phi, theta_guess=None):
@@ -314,9 +327,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         # Closed-over tracers become explicit inputs, as custom rules require.
         fns = eqx.filter_closure_convert(fns, phi)
         mat, _, params = jax.eval_shape(fns, phi)
-        check_shapes(
-            self.likelihood, self.index, mat, params, self.precision is not None
-        )
+        link = self.index if self.design is None else self.design
+        check_shapes(self.likelihood, link, mat, params, self.precision is not None)
         guess = self.theta_init if theta_guess is None else theta_guess
         if guess is not None:
             guess = jnp.asarray(guess, mat.dtype)
@@ -366,7 +378,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         """
         mat, _, params = self._functions()(phi)
         theta_star = jnp.asarray(theta_star, mat.dtype)
-        w = -self._linked(mat.shape[1]).derivatives(theta_star, params)[2]
+        w = self._linked(mat.shape[1]).curvature(theta_star, params)
         draw, _, _ = self._conditional(mat, w)
         return theta_star + draw(key)
 
@@ -401,7 +413,6 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 return -0.5 * prior_quadratic(r) + half_logdet_q - half_log_2pi
 
         else:
-            lower, sqrt_w = b_factor(mat, w)
             chol_k = jnp.linalg.cholesky(mat)
             # A K that is not symmetric still has a (wrong) factor of its lower
             # triangle: no draws from it. (The factor itself tells positive
@@ -410,14 +421,10 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             chol_k = jnp.where(k_ok, chol_k, jnp.nan)
             half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
 
-            def draw(key):
-                # f ~ N(0, K) and e ~ N(0, I): h = f + K W½ e has covariance
-                # K + K W K, and h - K R h (R = W½ B⁻¹ W½) has (K⁻¹ + W)⁻¹.
-                key_f, key_e = jr.split(key)
-                f = chol_k @ jr.normal(key_f, (n,), mat.dtype)
-                h = f + mat @ (sqrt_w * jr.normal(key_e, (n,), mat.dtype))
-                r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
-                return h - mat @ r_h
+            if w.ndim == 2:  # a design matrix: W = Aᵀ diag(w) A is dense
+                draw = design_draw(mat, w, k_ok)
+            else:
+                draw = b_draw(mat, w, chol_k)
 
             def prior_quadratic(u):
                 z = jsl.solve_triangular(chol_k, u, lower=True)
@@ -427,7 +434,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 return -0.5 * prior_quadratic(r) - half_logdet_k - half_log_2pi
 
         def quadratic_form(u):
-            return prior_quadratic(u) + jnp.dot(w * u, u)
+            return prior_quadratic(u) + jnp.dot(w @ u if w.ndim == 2 else w * u, u)
 
         return draw, quadratic_form, log_prior_density
 
@@ -439,7 +446,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         value, aux = self(phi, theta_guess)
         mat, mean, params = self._functions()(phi)
         theta_star = aux.theta_star
-        w = -self._linked(mat.shape[1]).derivatives(theta_star, params)[2]
+        w = self._linked(mat.shape[1]).curvature(theta_star, params)
         draw, quadratic_form, log_prior_density = self._conditional(mat, w)
         log_prior = (
             jnp.zeros((), mat.dtype)

@@ -4,6 +4,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Int
 
@@ -63,6 +64,23 @@ def b_factor(cov, w):
     sqrt_w = jnp.where(w >= 0, jnp.sqrt(jnp.maximum(w, 0.0)), jnp.nan)
     b = jnp.eye(w.shape[0], dtype=w.dtype) + sqrt_w[:, None] * cov * sqrt_w[None, :]
     return jnp.linalg.cholesky(b), sqrt_w
+
+
+def b_draw(cov, w, chol_k):
+    """`key -> u ~ N(0, (K⁻¹ + W)⁻¹)` for a diagonal `W`, given the Cholesky factor
+    of `K`: with `f ~ N(0, K)` and `e ~ N(0, I)`, `h = f + K W½ e` has covariance
+    `K + K W K`, and `h - K R h` (`R = W½ B⁻¹ W½`) has `(K⁻¹ + W)⁻¹`."""
+    lower, sqrt_w = b_factor(cov, w)
+    n = w.shape[0]
+
+    def draw(key):
+        key_f, key_e = jr.split(key)
+        f = chol_k @ jr.normal(key_f, (n,), cov.dtype)
+        h = f + cov @ (sqrt_w * jr.normal(key_e, (n,), cov.dtype))
+        r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
+        return h - cov @ r_h
+
+    return draw
 
 
 def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):

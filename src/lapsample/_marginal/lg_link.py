@@ -47,6 +47,10 @@ class LinkedLikelihood(AbstractLikelihood):
             for t in terms
         )
 
+    def curvature(self, theta, params):
+        """`W = -∇²_θ ℓ`, diagonal: its diagonal."""
+        return -self.derivatives(theta, params)[2]
+
 
 def check_index(index) -> Array | None:
     """`index` as an integer array, refusing what cannot be an observation-to-latent
@@ -90,14 +94,38 @@ def _prior_matrix_shape(mat, precision_form: bool) -> int:
     return n
 
 
-def check_shapes(likelihood, index, mat, params, precision_form: bool) -> None:
-    """Shapes are static: a mismatch of the prior's matrix, the index map, the
-    offset and the data is a user error, reported before compiling. `params` are
-    the shapes of `(likelihood params, offset)`."""
+def check_link(index, design, precision) -> None:
+    """The combinations of the observation-to-latent map and the prior's form."""
+    if index is not None and design is not None:
+        raise ValueError(
+            "Give `index=` (one latent per observation) or `design=` (a matrix A, "
+            "eta = A theta + offset), not both: an index map is the design matrix "
+            "with a single 1 per row."
+        )
+    if design is not None and precision is not None:
+        raise ValueError(
+            "`design=` needs the covariance form (`covariance=phi -> K`): with a "
+            "design matrix Q + AᵀWA is not banded. Use `index=` (W stays diagonal, "
+            "Q + W banded) or give the prior as a covariance."
+        )
+
+
+def check_shapes(likelihood, link, mat, params, precision_form: bool) -> None:
+    """Shapes are static: a mismatch of the prior's matrix, the index map or
+    design matrix (`link`), the offset and the data is a user error, reported
+    before compiling. `params` are the shapes of `(likelihood params, offset)`."""
     n = _prior_matrix_shape(mat, precision_form)
     inner_params, offset = params
-    if index is None:
+    index = link
+    if link is None:
         n_obs, what = n, f"a latent of length {n} (the size of the prior's matrix)"
+    elif link.ndim == 2:
+        n_obs, what = link.shape[0], f"{link.shape[0]} observations (`design`)"
+        if link.shape[1] != n:
+            raise ValueError(
+                f"`design` has shape {link.shape}, but the prior's matrix has {n} "
+                f"latents: it must have shape (n_obs, {n})."
+            )
     else:
         n_obs, what = index.shape[0], f"{index.shape[0]} observations (`index`)"
         if not isinstance(index, jax.core.Tracer) and index.size:
@@ -115,8 +143,8 @@ def check_shapes(likelihood, index, mat, params, precision_form: bool) -> None:
     fix = (
         "the data and the prior's matrix disagree in length (give `index=` to "
         "map observations to latents)"
-        if index is None
-        else "the data and `index` disagree in length"
+        if link is None
+        else "the data and `index`/`design` disagree in length"
     )
     try:
         out = jax.eval_shape(

@@ -225,7 +225,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
     !!! info
 
         Like `LaplaceMarginal`, only reverse mode (`jax.grad`) is defined in `phi`.
-        `theta` is a flat vector, one latent value per observation.
+        `theta` is a flat vector: one latent per observation, or mapped to the
+        observations by `index=` or `design=` (GLMMs: see the how-to, `glmm.md`).
 
     ??? cite "References"
 
@@ -500,6 +501,12 @@ LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**
 - `mean`: `phi -> m`, the prior mean (a vector or a scalar); `None` means zero.
 - `likelihood_params`: `phi -> params`, what the likelihood reads from `phi` (the
     negative-binomial dispersion, the Gaussian noise sd); `None` when it needs none.
+- `index`: optional integer array, one entry per observation: observation `i` reads
+    `theta[index[i]]` (random intercepts; `W` stays diagonal, `O(n_obs)` per step).
+- `design`: optional dense matrix `A`, shape `(n_obs, n)`: observations read
+    `A @ theta` (random slopes); covariance form only, `O(n_obs n² + n³)` per step.
+- `offset`: optional `phi -> o`, added to each observation's linear predictor
+    (fixed effects, e.g. `lambda phi: X @ phi["beta"]`), differentiated in `phi`.
 - `log_prior`: `phi -> scalar`, the log prior density of `phi` (with any Jacobian of
     its transform); `None` means flat.
 - `theta_init`: optional cold start of Newton (a 1-D array); `None` starts at the

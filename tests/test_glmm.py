@@ -80,22 +80,28 @@ LIKS = {
 }
 
 
+def _assert_agrees_with_generic(marginal, log_joint, phi, n):
+    """Mode, value (1e-10) and gradient (1e-8) equal to the generic dense
+    `LaplaceMarginal` on the same log joint."""
+    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)
+    assert aux.result == ls.RESULTS.successful
+    assert aux.theta_star.shape == (n,)
+    generic = ls.LaplaceMarginal(log_joint, jnp.zeros(n), hessian=ls.DenseHessian())
+    (value_g, aux_g), grad_g = jax.jit(jax.value_and_grad(generic, has_aux=True))(phi)
+    assert aux_g.result == ls.RESULTS.successful
+    np.testing.assert_allclose(aux.theta_star, aux_g.theta_star, atol=1e-9)
+    np.testing.assert_allclose(value, value_g, rtol=1e-10)
+    for key in phi:
+        scale = float(jnp.abs(grad_g[key]).max())
+        np.testing.assert_allclose(grad[key], grad_g[key], rtol=1e-8, atol=1e-8 * scale)
+
+
 @pytest.mark.parametrize(
     "name, form", [("bernoulli", "covariance"), ("poisson", "precision")]
 )
 def test_glmm_agrees_with_generic_laplace(name, form):
     marginal, log_joint = _glmm(LIKS[name], form)
-    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(PHI)
-    assert aux.result == ls.RESULTS.successful
-    assert aux.theta_star.shape == (G,)
-    generic = ls.LaplaceMarginal(log_joint, jnp.zeros(G), hessian=ls.DenseHessian())
-    (value_g, aux_g), grad_g = jax.jit(jax.value_and_grad(generic, has_aux=True))(PHI)
-    assert aux_g.result == ls.RESULTS.successful
-    np.testing.assert_allclose(aux.theta_star, aux_g.theta_star, atol=1e-9)
-    np.testing.assert_allclose(value, value_g, rtol=1e-10)
-    for key in PHI:
-        scale = float(jnp.abs(grad_g[key]).max())
-        np.testing.assert_allclose(grad[key], grad_g[key], rtol=1e-8, atol=1e-8 * scale)
+    _assert_agrees_with_generic(marginal, log_joint, PHI, G)
 
 
 def test_glmm_gradient_matches_central_differences():
@@ -193,18 +199,7 @@ def slopes_models():
 
 def test_design_matrix_agrees_with_generic_laplace(slopes_models):
     marginal, log_joint = slopes_models
-    (value, aux), grad = jax.jit(jax.value_and_grad(marginal, has_aux=True))(PHI_SLOPES)
-    assert aux.result == ls.RESULTS.successful
-    generic = ls.LaplaceMarginal(log_joint, jnp.zeros(2 * G), hessian=ls.DenseHessian())
-    (value_g, aux_g), grad_g = jax.jit(jax.value_and_grad(generic, has_aux=True))(
-        PHI_SLOPES
-    )
-    assert aux_g.result == ls.RESULTS.successful
-    np.testing.assert_allclose(aux.theta_star, aux_g.theta_star, atol=1e-9)
-    np.testing.assert_allclose(value, value_g, rtol=1e-10)
-    for key in PHI_SLOPES:
-        scale = float(jnp.abs(grad_g[key]).max())
-        np.testing.assert_allclose(grad[key], grad_g[key], rtol=1e-8, atol=1e-8 * scale)
+    _assert_agrees_with_generic(marginal, log_joint, PHI_SLOPES, 2 * G)
 
 
 def test_design_matrix_draws_have_the_laplace_covariance(slopes_models):

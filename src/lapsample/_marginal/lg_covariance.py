@@ -1,6 +1,8 @@
 """The covariance form of the latent-Gaussian marginal: Newton in
 `B = I + W½ K W½` (Rasmussen & Williams, Alg. 3.1) and its cotangents (Alg. 5.1)."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,14 +19,16 @@ from .lg_newton import damped_newton, NewtonSettings
 # --------------------------------------------------------------------------------
 
 
-class _CovState(eqx.Module):
+class CovState(eqx.Module):
+    """Newton's state in `a` (`theta = m + K a`), shared with `lg_design.py`."""
+
     a: Array
     theta: Array
     value: Array  # Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)
     a_new: Array  # the full Newton step's target
     theta_new: Array
     decrement: Array  # ∇Ψᵀ(theta_new - theta)
-    lower: Array  # Cholesky of B at theta
+    factor: Any  # of B (Cholesky) or of M = I + W K (LU) at theta
     ok: Bool[Array, ""]
     num_steps: Int[Array, ""]
     done: Bool[Array, ""]
@@ -55,8 +59,9 @@ def covariance_ok(cov) -> Bool[Array, ""]:
     return covariance_symmetric(cov) & jnp.all(jnp.isfinite(lower))
 
 
-def _cov_psi(lik, params, mean, a, theta):
-    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(a, theta - mean)
+def psi_a(lik, params, mean, a, theta):
+    """Newton's objective `Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)`."""
+    return lik.log_density(theta, params) - 0.5 * jnp.dot(a, theta - mean)
 
 
 def b_factor(cov, w):
@@ -83,7 +88,7 @@ def b_draw(cov, w, chol_k):
     return draw
 
 
-def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
+def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps):
     value_terms, d1, d2, _ = lik.derivatives(theta, params)
     value = jnp.sum(value_terms) - 0.5 * jnp.dot(a, theta - mean)
     w = -d2
@@ -99,64 +104,64 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
         & jnp.all(jnp.isfinite(a_new))
         & jnp.isfinite(decrement)
     )
-    return _CovState(
-        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps, done
-    )
+    return CovState(
+        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps,
+        jnp.array(False),
+    )  # fmt: skip
 
 
-def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
-    dtype = cov.dtype
-    n = cov.shape[0]
-    # Two starts: theta = m (a = 0), and a = ℓ'(theta_guess), which is a* exactly
-    # when theta_guess is the mode at the same phi. Keep the better.
-    a_zero = jnp.zeros(n, dtype)
-    psi_zero = _cov_psi(lik, params, mean, a_zero, mean)
+def newton_in_a(evaluate, psi, latent_grad, cov, mean, theta_guess, settings):
+    """Damped Newton on `a` (`theta = m + K a`) from the better of two starts:
+    `theta = m` (`a = 0`), and `a = ∇ℓ(theta_guess)`, which is `a*` exactly when
+    `theta_guess` is the mode at the same phi. `evaluate(a, theta, num_steps)`
+    gives a `CovState`, `psi(a, theta)` the objective, `latent_grad(theta)` the
+    log-likelihood's gradient in `theta`. Returns `damped_newton`'s output."""
+    a_zero = jnp.zeros(cov.shape[0], cov.dtype)
+    psi_zero = psi(a_zero, mean)
     if theta_guess is None:
         a0, theta0 = a_zero, mean
     else:
-        a_guess = lik.derivatives(theta_guess, params)[1]
+        a_guess = latent_grad(theta_guess)
         theta_guess_a = mean + cov @ a_guess
-        psi_guess = _cov_psi(lik, params, mean, a_guess, theta_guess_a)
+        psi_guess = psi(a_guess, theta_guess_a)
         use_guess = jnp.isfinite(psi_guess) & (
             ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
         )
         a0 = jnp.where(use_guess, a_guess, a_zero)
         theta0 = jnp.where(use_guess, theta_guess_a, mean)
 
-    state = _cov_evaluate(
-        lik, params, cov, mean, a0, theta0, jnp.array(0), jnp.array(False)
-    )
-
     def trial_value(s, step):
-        return _cov_psi(
-            lik,
-            params,
-            mean,
-            s.a + step * (s.a_new - s.a),
-            s.theta + step * s.step_vector,
-        )
+        return psi(s.a + step * (s.a_new - s.a), s.theta + step * s.step_vector)
 
     def move(s, step):
-        return _cov_evaluate(
-            lik,
-            params,
-            cov,
-            mean,
+        return evaluate(
             s.a + step * (s.a_new - s.a),
             s.theta + step * s.step_vector,
             s.num_steps + 1,
-            jnp.array(False),
         )
 
-    s, result = damped_newton(state, move, trial_value, settings)
+    state = evaluate(a0, theta0, jnp.array(0))
+    return damped_newton(state, move, trial_value, settings)
+
+
+def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
+    s, result = newton_in_a(
+        lambda a, theta, k: _cov_evaluate(lik, params, cov, mean, a, theta, k),
+        lambda a, theta: psi_a(lik, params, mean, a, theta),
+        lambda theta: lik.derivatives(theta, params)[1],
+        cov,
+        mean,
+        theta_guess,
+        settings,
+    )
     result = RESULTS.where(
-        jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
+        jnp.all(jnp.isfinite(s.factor)), result, RESULTS.hessian_not_positive_definite
     )
     result = RESULTS.where(
         covariance_ok(cov), result, RESULTS.prior_not_positive_definite
     )
-    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.lower)))
-    return value, s.a, s.theta, s.lower, result, s.num_steps
+    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.factor)))
+    return value, s.a, s.theta, s.factor, result, s.num_steps
 
 
 def cov_cotangents(lik, theta, a, lower, cov, mean, params, value_bar, theta_bar):

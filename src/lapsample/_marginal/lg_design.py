@@ -18,11 +18,11 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from .._results import RESULTS
-from .lg_covariance import covariance_ok
-from .lg_newton import damped_newton, NewtonSettings
+from .lg_covariance import covariance_ok, CovState, newton_in_a, psi_a
+from .lg_newton import NewtonSettings
 from .likelihoods import AbstractLikelihood
 
 
@@ -65,28 +65,6 @@ def check_design(design) -> Array | None:
     return arr
 
 
-class _DesignState(eqx.Module):
-    a: Array
-    theta: Array
-    value: Array  # Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)
-    a_new: Array
-    theta_new: Array
-    decrement: Array
-    lu: tuple[Array, Array]  # LU of M = I + W K at theta
-    w_ok: Bool[Array, ""]
-    ok: Bool[Array, ""]
-    num_steps: Int[Array, ""]
-    done: Bool[Array, ""]
-
-    @property
-    def step_vector(self) -> Array:
-        return self.theta_new - self.theta
-
-
-def _psi(lik, params, mean, a, theta):
-    return lik.log_density(theta, params) - 0.5 * jnp.dot(a, theta - mean)
-
-
 def _evaluate(lik, params, cov, mean, a, theta, num_steps):
     value_terms, d1, d2, _ = lik.observed(theta, params)
     value = jnp.sum(value_terms) - 0.5 * jnp.dot(a, theta - mean)
@@ -97,59 +75,39 @@ def _evaluate(lik, params, cov, mean, a, theta, num_steps):
     a_new = jsl.lu_solve(lu, w @ (theta - mean) + grad)
     theta_new = mean + cov @ a_new
     decrement = jnp.dot(grad - a, theta_new - theta)
-    w_ok = jnp.all(w_obs >= 0)
     ok = (
         jnp.isfinite(value)
-        & w_ok
+        & jnp.all(w_obs >= 0)
         & jnp.all(jnp.isfinite(lu[0]))
         & jnp.all(jnp.isfinite(a_new))
         & jnp.isfinite(decrement)
     )
-    return _DesignState(
-        a, theta, value, a_new, theta_new, decrement, lu, w_ok, ok, num_steps,
+    return CovState(
+        a, theta, value, a_new, theta_new, decrement, lu, ok, num_steps,
         jnp.array(False),
     )  # fmt: skip
 
 
 def newton_design(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
     """As `newton_cov`; the returned factor is `M⁻¹` at the mode."""
-    n = cov.shape[0]
-    a_zero = jnp.zeros(n, cov.dtype)
-    psi_zero = _psi(lik, params, mean, a_zero, mean)
-    if theta_guess is None:
-        a0, theta0 = a_zero, mean
-    else:
-        # At the mode a* = ∇ℓ(theta*): a start that is exact at the same phi.
-        a_guess = lik.design.T @ lik.observed(theta_guess, params)[1]
-        theta_guess_a = mean + cov @ a_guess
-        psi_guess = _psi(lik, params, mean, a_guess, theta_guess_a)
-        use_guess = jnp.isfinite(psi_guess) & (
-            ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
-        )
-        a0 = jnp.where(use_guess, a_guess, a_zero)
-        theta0 = jnp.where(use_guess, theta_guess_a, mean)
-
-    def trial_value(s, step):
-        return _psi(
-            lik, params, mean, s.a + step * (s.a_new - s.a),
-            s.theta + step * s.step_vector,
-        )  # fmt: skip
-
-    def move(s, step):
-        return _evaluate(
-            lik, params, cov, mean, s.a + step * (s.a_new - s.a),
-            s.theta + step * s.step_vector, s.num_steps + 1,
-        )  # fmt: skip
-
-    state = _evaluate(lik, params, cov, mean, a0, theta0, jnp.array(0))
-    s, result = damped_newton(state, move, trial_value, settings)
-    result = RESULTS.where(s.w_ok, result, RESULTS.hessian_not_positive_definite)
+    s, result = newton_in_a(
+        lambda a, theta, k: _evaluate(lik, params, cov, mean, a, theta, k),
+        lambda a, theta: psi_a(lik, params, mean, a, theta),
+        lambda theta: lik.design.T @ lik.observed(theta, params)[1],
+        cov,
+        mean,
+        theta_guess,
+        settings,
+    )
+    w_ok = jnp.all(lik.observed(s.theta, params)[2] <= 0)
+    result = RESULTS.where(w_ok, result, RESULTS.hessian_not_positive_definite)
     result = RESULTS.where(
         covariance_ok(cov), result, RESULTS.prior_not_positive_definite
     )
     # det M > 0 wherever W ≥ 0 and K is positive definite.
-    value = s.value - 0.5 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(s.lu[0]))))
-    m_inv = jsl.lu_solve(s.lu, jnp.eye(n, dtype=cov.dtype))
+    lu = s.factor
+    value = s.value - 0.5 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(lu[0]))))
+    m_inv = jsl.lu_solve(lu, jnp.eye(cov.shape[0], dtype=cov.dtype))
     return value, s.a, s.theta, m_inv, result, s.num_steps
 
 

@@ -251,6 +251,13 @@ def test_bad_glmm_inputs_raise(kwargs, error, match):
         jax.eval_shape(marginal, PHI)
 
 
+def test_design_needs_the_covariance_form():
+    with pytest.raises(ValueError, match="needs the covariance form"):
+        ls.LatentGaussianMarginal(
+            LIKS["bernoulli"], precision=lambda phi: jnp.ones((1, 2 * G)), design=DESIGN
+        )
+
+
 # --------------------------------------------------------------------------------
 # Against NUTS on the full model (slow).
 # --------------------------------------------------------------------------------

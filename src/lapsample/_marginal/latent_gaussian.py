@@ -291,8 +291,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 theta_init.dtype, jnp.inexact
             ):
                 raise TypeError(
-                    "`theta_init` must be a 1-D floating array (one latent per "
-                    f"observation), got shape {theta_init.shape} and dtype "
+                    "`theta_init` must be a 1-D floating array (one entry per "
+                    f"latent), got shape {theta_init.shape} and dtype "
                     f"{theta_init.dtype}."
                 )
         check_link(self.index, self.design, self.precision)
@@ -503,6 +503,8 @@ LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**
     negative-binomial dispersion, the Gaussian noise sd); `None` when it needs none.
 - `index`: optional integer array, one entry per observation: observation `i` reads
     `theta[index[i]]` (random intercepts; `W` stays diagonal, `O(n_obs)` per step).
+    Its range is checked before compiling by `sample` and `check` (not inside your
+    own `jit` of a traced marginal).
 - `design`: optional dense matrix `A`, shape `(n_obs, n)`: observations read
     `A @ theta` (random slopes); covariance form only, `O(n_obs n² + n³)` per step.
 - `offset`: optional `phi -> o`, added to each observation's linear predictor

@@ -45,7 +45,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
@@ -70,12 +69,20 @@ from .base import (
     MarginalAux,
 )
 from .lg_covariance import (
-    b_factor,
+    b_draw,
     cov_cotangents,
     covariance_ok,
     covariance_symmetric,
     newton_cov,
 )
+from .lg_design import (
+    check_design,
+    design_cotangents,
+    design_draw,
+    DesignLikelihood,
+    newton_design,
+)
+from .lg_link import check_index, check_link, check_shapes, LinkedLikelihood
 from .lg_newton import NewtonSettings
 from .lg_precision import check_band_layout, newton_prec, prec_cotangents
 from .likelihoods import AbstractLikelihood
@@ -87,11 +94,12 @@ from .likelihoods import AbstractLikelihood
 
 
 class _PhiFunctions(eqx.Module):
-    """`phi -> (K or Q_band, m, likelihood params)`."""
+    """`phi -> (K or Q_band, m, (likelihood params, offset))`."""
 
     prior_matrix: Callable
     mean: Callable | None
     likelihood_params: Callable | None
+    offset: Callable | None
 
     def __call__(self, phi):
         mat = jnp.asarray(self.prior_matrix(phi))
@@ -101,7 +109,10 @@ class _PhiFunctions(eqx.Module):
         else:
             mean = jnp.broadcast_to(jnp.asarray(self.mean(phi), mat.dtype), (n,))
         params = None if self.likelihood_params is None else self.likelihood_params(phi)
-        return mat, mean, params
+        offset = (
+            None if self.offset is None else jnp.asarray(self.offset(phi), mat.dtype)
+        )
+        return mat, mean, (params, offset)
 
 
 # --------------------------------------------------------------------------------
@@ -117,7 +128,8 @@ def _forward(phi, fns, lik, theta_guess, settings):
         )
         a = jnp.zeros_like(theta)
     else:
-        value, a, theta, factor, result, num_steps = newton_cov(
+        newton = newton_design if isinstance(lik, DesignLikelihood) else newton_cov
+        value, a, theta, factor, result, num_steps = newton(
             lik, params, mat, mean, theta_guess, settings
         )
     value, theta_out, result, ok = finish_forward(value, theta, result, theta_guess)
@@ -162,7 +174,9 @@ def _lg_bwd(residuals, cotangents, perturbed, phi, fns, lik, theta_guess, settin
     else:
         a = jnp.where(ok, a, 0.0)
         factor = jnp.where(ok, factor, jnp.eye(theta.shape[0], dtype=theta.dtype))
-        mat_bar, mean_bar, lik_terms = cov_cotangents(
+        design = isinstance(lik, DesignLikelihood)
+        cotangents = design_cotangents if design else cov_cotangents
+        mat_bar, mean_bar, lik_terms = cotangents(
             lik, theta, a, factor, mat, mean, params, value_bar, theta_bar
         )
         params_bar = None if params is None else jax.grad(lik_terms)(params)
@@ -211,7 +225,8 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
     !!! info
 
         Like `LaplaceMarginal`, only reverse mode (`jax.grad`) is defined in `phi`.
-        `theta` is a flat vector, one latent value per observation.
+        `theta` is a flat vector: one latent per observation, or mapped to the
+        observations by `index=` or `design=` (GLMMs: see the how-to, `glmm.md`).
 
     ??? cite "References"
 
@@ -239,6 +254,9 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
     precision: Callable | None = None
     mean: Callable | None = None
     likelihood_params: Callable | None = None
+    index: Any = eqx.field(default=None, converter=check_index)
+    design: Any = eqx.field(default=None, converter=check_design)
+    offset: Callable | None = None
     log_prior: Callable | None = None
     theta_init: Any = None
     max_steps: int = 50
@@ -259,7 +277,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 "`precision=phi -> Q_band` (the lower bands of a banded precision, "
                 "shape (bandwidth + 1, n))."
             )
-        for name in ("covariance", "precision", "mean", "likelihood_params"):
+        for name in ("covariance", "precision", "mean", "likelihood_params", "offset"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
                 raise TypeError(
@@ -273,17 +291,18 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 theta_init.dtype, jnp.floating
             ):
                 raise TypeError(
-                    "`theta_init` must be a 1-D real floating array (one latent per "
-                    f"observation), got shape {theta_init.shape} and dtype "
+                    "`theta_init` must be a 1-D real floating array (one entry per "
+                    f"latent), got shape {theta_init.shape} and dtype "
                     f"{theta_init.dtype}."
                 )
+        check_link(self.index, self.design, self.precision)
         check_recurrences(self.recurrences, "LatentGaussianMarginal")
         check_solver_settings("LatentGaussianMarginal", self.max_steps, xtol=self.xtol)
         check_int("LatentGaussianMarginal(max_backtracks=...)", self.max_backtracks, 0)
 
     def _functions(self) -> _PhiFunctions:
         matrix = self.covariance if self.precision is None else self.precision
-        return _PhiFunctions(matrix, self.mean, self.likelihood_params)
+        return _PhiFunctions(matrix, self.mean, self.likelihood_params, self.offset)
 
     def _settings(self, dtype) -> NewtonSettings:
         eps = float(jnp.finfo(dtype).eps)
@@ -299,47 +318,18 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             use_associative(self.recurrences),
         )
 
-    def _check_shapes(self, mat, params):
-        # Shapes are static: a mismatch is a user error, reported before compiling.
-        if mat.ndim != 2 or not jnp.issubdtype(mat.dtype, jnp.floating):
-            raise ValueError(
-                "`covariance(phi)`/`precision(phi)` must return a 2-D floating array, "
-                f"got shape {mat.shape} and dtype {mat.dtype}."
-            )
-        n = mat.shape[1]
-        if self.precision is None and mat.shape != (n, n):
-            raise ValueError(
-                f"`covariance(phi)` must return a square n × n matrix, got shape "
-                f"{mat.shape}."
-            )
-        if self.precision is not None and not 1 <= mat.shape[0] <= n:
-            raise ValueError(
-                "`precision(phi)` must return the lower bands of Q, shape "
-                f"(bandwidth + 1, n) with bandwidth < n, got shape {mat.shape}."
-            )
-        try:
-            out = jax.eval_shape(
-                self.likelihood.derivatives,
-                jax.ShapeDtypeStruct((n,), mat.dtype),
-                params,
-            )
-        except Exception as e:
-            raise ValueError(
-                f"The likelihood does not accept a latent of length {n} (the size of "
-                f"the prior's matrix) with these `likelihood_params`: {e}"
-            ) from e
-        if any(o.shape != (n,) for o in out):
-            raise ValueError(
-                f"The likelihood's derivatives have shapes {[o.shape for o in out]}, "
-                f"not ({n},): the data and the prior's matrix disagree in length."
-            )
+    def _linked(self, num_latent: int) -> LinkedLikelihood | DesignLikelihood:
+        if self.design is not None:
+            return DesignLikelihood(self.likelihood, self.design)
+        return LinkedLikelihood(self.likelihood, self.index, num_latent)
 
     def __call__(self, phi, theta_guess=None):
         fns = self._functions()
         # Closed-over tracers become explicit inputs, as custom rules require.
         fns = eqx.filter_closure_convert(fns, phi)
         mat, _, params = jax.eval_shape(fns, phi)
-        self._check_shapes(mat, params)
+        link = self.index if self.design is None else self.design
+        check_shapes(self.likelihood, link, mat, params, self.precision is not None)
         guess = self.theta_init if theta_guess is None else theta_guess
         if guess is not None:
             guess = jnp.asarray(guess, mat.dtype)
@@ -350,7 +340,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                     f"({mat.shape[1]},)."
                 )
         value, theta, result, num_steps = _latent_gaussian_log_marginal(
-            phi, fns, self.likelihood, guess, self._settings(mat.dtype)
+            phi, fns, self._linked(mat.shape[1]), guess, self._settings(mat.dtype)
         )
         if self.log_prior is not None:
             value = value + jnp.where(
@@ -389,7 +379,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         """
         mat, _, params = self._functions()(phi)
         theta_star = jnp.asarray(theta_star, mat.dtype)
-        w = -self.likelihood.derivatives(theta_star, params)[2]
+        w = self._linked(mat.shape[1]).curvature(theta_star, params)
         draw, _, _ = self._conditional(mat, w)
         return theta_star + draw(key)
 
@@ -424,7 +414,6 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 return -0.5 * prior_quadratic(r) + half_logdet_q - half_log_2pi
 
         else:
-            lower, sqrt_w = b_factor(mat, w)
             chol_k = jnp.linalg.cholesky(mat)
             # A K that is not symmetric still has a (wrong) factor of its lower
             # triangle: no draws from it. (The factor itself tells positive
@@ -433,14 +422,10 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             chol_k = jnp.where(k_ok, chol_k, jnp.nan)
             half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
 
-            def draw(key):
-                # f ~ N(0, K) and e ~ N(0, I): h = f + K W½ e has covariance
-                # K + K W K, and h - K R h (R = W½ B⁻¹ W½) has (K⁻¹ + W)⁻¹.
-                key_f, key_e = jr.split(key)
-                f = chol_k @ jr.normal(key_f, (n,), mat.dtype)
-                h = f + mat @ (sqrt_w * jr.normal(key_e, (n,), mat.dtype))
-                r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
-                return h - mat @ r_h
+            if w.ndim == 2:  # a design matrix: W = Aᵀ diag(w) A is dense
+                draw = design_draw(mat, w, k_ok)
+            else:
+                draw = b_draw(mat, w, chol_k)
 
             def prior_quadratic(u):
                 z = jsl.solve_triangular(chol_k, u, lower=True)
@@ -450,7 +435,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 return -0.5 * prior_quadratic(r) - half_logdet_k - half_log_2pi
 
         def quadratic_form(u):
-            return prior_quadratic(u) + jnp.dot(w * u, u)
+            return prior_quadratic(u) + jnp.dot(w @ u if w.ndim == 2 else w * u, u)
 
         return draw, quadratic_form, log_prior_density
 
@@ -462,7 +447,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         value, aux = self(phi, theta_guess)
         mat, mean, params = self._functions()(phi)
         theta_star = aux.theta_star
-        w = -self.likelihood.derivatives(theta_star, params)[2]
+        w = self._linked(mat.shape[1]).curvature(theta_star, params)
         draw, quadratic_form, log_prior_density = self._conditional(mat, w)
         log_prior = (
             jnp.zeros((), mat.dtype)
@@ -473,7 +458,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
         def log_joint(theta):
             return (
                 log_prior_density(theta - mean)
-                + self.likelihood.log_density(theta, params)
+                + self._linked(mat.shape[1]).log_density(theta, params)
                 + log_prior
             )
 
@@ -518,6 +503,14 @@ LatentGaussianMarginal.__init__.__doc__ = """**Arguments:**
 - `mean`: `phi -> m`, the prior mean (a vector or a scalar); `None` means zero.
 - `likelihood_params`: `phi -> params`, what the likelihood reads from `phi` (the
     negative-binomial dispersion, the Gaussian noise sd); `None` when it needs none.
+- `index`: optional integer array, one entry per observation: observation `i` reads
+    `theta[index[i]]` (random intercepts; `W` stays diagonal, `O(n_obs)` per step).
+    Its range is checked before compiling by `sample` and `check` (not inside your
+    own `jit` of a traced marginal).
+- `design`: optional dense matrix `A`, shape `(n_obs, n)`: observations read
+    `A @ theta` (random slopes); covariance form only, `O(n_obs n² + n³)` per step.
+- `offset`: optional `phi -> o`, added to each observation's linear predictor
+    (fixed effects, e.g. `lambda phi: X @ phi["beta"]`), differentiated in `phi`.
 - `log_prior`: `phi -> scalar`, the log prior density of `phi` (with any Jacobian of
     its transform); `None` means flat.
 - `theta_init`: optional cold start of Newton (a 1-D array); `None` starts at the

@@ -1,9 +1,12 @@
 """The covariance form of the latent-Gaussian marginal: Newton in
 `B = I + W½ K W½` (Rasmussen & Williams, Alg. 3.1) and its cotangents (Alg. 5.1)."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Int
 
@@ -16,14 +19,16 @@ from .lg_newton import damped_newton, NewtonSettings
 # --------------------------------------------------------------------------------
 
 
-class _CovState(eqx.Module):
+class CovState(eqx.Module):
+    """Newton's state in `a` (`theta = m + K a`), shared with `lg_design.py`."""
+
     a: Array
     theta: Array
     value: Array  # Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)
     a_new: Array  # the full Newton step's target
     theta_new: Array
     decrement: Array  # ∇Ψᵀ(theta_new - theta)
-    lower: Array  # Cholesky of B at theta
+    factor: Any  # of B (Cholesky) or of M = I + W K (LU) at theta
     ok: Bool[Array, ""]
     num_steps: Int[Array, ""]
     done: Bool[Array, ""]
@@ -44,28 +49,62 @@ def covariance_symmetric(cov) -> Bool[Array, ""]:
     return jnp.all(jnp.abs(cov - cov.T) <= jnp.sqrt(eps) * scale)
 
 
+def cholesky_lower(matrix):
+    """The Cholesky factor of the symmetric matrix whose lower triangle is
+    `matrix`'s (NaN throughout where it is not positive definite). Unlike
+    `jnp.linalg.cholesky`, it does not first average `matrix` with its transpose:
+    `B` is symmetric by construction, `K` is checked for symmetry separately, and
+    the averaging costs a transposed pass over `n²` entries per factorisation."""
+    return jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
+
+
+def _factor_finite(lower) -> Bool[Array, ""]:
+    """Whether a Cholesky factor is finite. JAX's factor of a matrix that is not
+    positive definite is NaN throughout, and a NaN or inf entry of the input
+    reaches the diagonal, so the diagonal tells (one pass of `n`, not `n²`)."""
+    return jnp.all(jnp.isfinite(jnp.diagonal(lower)))
+
+
 def covariance_ok(cov) -> Bool[Array, ""]:
     """Whether `K` is symmetric and positive definite (a finite Cholesky factor).
     `B = I + W½ K W½` can be positive definite for an indefinite `K` (where `W` is
     small), so its factor alone does not tell; this costs one more Cholesky of an
     `n × n` matrix per evaluation (callers that factorise `K` anyway test their
     own factor with `covariance_symmetric`)."""
-    lower = jnp.linalg.cholesky(jax.lax.stop_gradient(cov))
-    return covariance_symmetric(cov) & jnp.all(jnp.isfinite(lower))
+    lower = cholesky_lower(jax.lax.stop_gradient(cov))
+    return covariance_symmetric(cov) & _factor_finite(lower)
 
 
-def _cov_psi(lik, params, mean, a, theta):
-    return jnp.sum(lik.derivatives(theta, params)[0]) - 0.5 * jnp.dot(a, theta - mean)
+def psi_a(lik, params, mean, a, theta):
+    """Newton's objective `Ψ(a) = ℓ(theta) - ½ aᵀ(theta - m)`."""
+    return lik.log_density(theta, params) - 0.5 * jnp.dot(a, theta - mean)
 
 
 def b_factor(cov, w):
     """`L` with `L Lᵀ = I + W½ K W½`, and `W½` (NaN where `W < 0`)."""
     sqrt_w = jnp.where(w >= 0, jnp.sqrt(jnp.maximum(w, 0.0)), jnp.nan)
     b = jnp.eye(w.shape[0], dtype=w.dtype) + sqrt_w[:, None] * cov * sqrt_w[None, :]
-    return jnp.linalg.cholesky(b), sqrt_w
+    return cholesky_lower(b), sqrt_w
 
 
-def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
+def b_draw(cov, w, chol_k):
+    """`key -> u ~ N(0, (K⁻¹ + W)⁻¹)` for a diagonal `W`, given the Cholesky factor
+    of `K`: with `f ~ N(0, K)` and `e ~ N(0, I)`, `h = f + K W½ e` has covariance
+    `K + K W K`, and `h - K R h` (`R = W½ B⁻¹ W½`) has `(K⁻¹ + W)⁻¹`."""
+    lower, sqrt_w = b_factor(cov, w)
+    n = w.shape[0]
+
+    def draw(key):
+        key_f, key_e = jr.split(key)
+        f = chol_k @ jr.normal(key_f, (n,), cov.dtype)
+        h = f + cov @ (sqrt_w * jr.normal(key_e, (n,), cov.dtype))
+        r_h = sqrt_w * jsl.cho_solve((lower, True), sqrt_w * h)
+        return h - cov @ r_h
+
+    return draw
+
+
+def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps):
     value_terms, d1, d2, _ = lik.derivatives(theta, params)
     value = jnp.sum(value_terms) - 0.5 * jnp.dot(a, theta - mean)
     w = -d2
@@ -77,68 +116,68 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps, done):
     decrement = jnp.dot(d1 - a, theta_new - theta)
     ok = (
         jnp.isfinite(value)
-        & jnp.all(jnp.isfinite(lower))
+        & _factor_finite(lower)
         & jnp.all(jnp.isfinite(a_new))
         & jnp.isfinite(decrement)
     )
-    return _CovState(
-        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps, done
-    )
+    return CovState(
+        a, theta, value, a_new, theta_new, decrement, lower, ok, num_steps,
+        jnp.array(False),
+    )  # fmt: skip
 
 
-def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
-    dtype = cov.dtype
-    n = cov.shape[0]
-    # Two starts: theta = m (a = 0), and a = ℓ'(theta_guess), which is a* exactly
-    # when theta_guess is the mode at the same phi. Keep the better.
-    a_zero = jnp.zeros(n, dtype)
-    psi_zero = _cov_psi(lik, params, mean, a_zero, mean)
+def newton_in_a(evaluate, psi, latent_grad, cov, mean, theta_guess, settings):
+    """Damped Newton on `a` (`theta = m + K a`) from the better of two starts:
+    `theta = m` (`a = 0`), and `a = ∇ℓ(theta_guess)`, which is `a*` exactly when
+    `theta_guess` is the mode at the same phi. `evaluate(a, theta, num_steps)`
+    gives a `CovState`, `psi(a, theta)` the objective, `latent_grad(theta)` the
+    log-likelihood's gradient in `theta`. Returns `damped_newton`'s output."""
+    a_zero = jnp.zeros(cov.shape[0], cov.dtype)
+    psi_zero = psi(a_zero, mean)
     if theta_guess is None:
         a0, theta0 = a_zero, mean
     else:
-        a_guess = lik.derivatives(theta_guess, params)[1]
+        a_guess = latent_grad(theta_guess)
         theta_guess_a = mean + cov @ a_guess
-        psi_guess = _cov_psi(lik, params, mean, a_guess, theta_guess_a)
+        psi_guess = psi(a_guess, theta_guess_a)
         use_guess = jnp.isfinite(psi_guess) & (
             ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
         )
         a0 = jnp.where(use_guess, a_guess, a_zero)
         theta0 = jnp.where(use_guess, theta_guess_a, mean)
 
-    state = _cov_evaluate(
-        lik, params, cov, mean, a0, theta0, jnp.array(0), jnp.array(False)
-    )
-
     def trial_value(s, step):
-        return _cov_psi(
-            lik,
-            params,
-            mean,
-            s.a + step * (s.a_new - s.a),
-            s.theta + step * s.step_vector,
-        )
+        return psi(s.a + step * (s.a_new - s.a), s.theta + step * s.step_vector)
 
     def move(s, step):
-        return _cov_evaluate(
-            lik,
-            params,
-            cov,
-            mean,
+        return evaluate(
             s.a + step * (s.a_new - s.a),
             s.theta + step * s.step_vector,
             s.num_steps + 1,
-            jnp.array(False),
         )
 
-    s, result = damped_newton(state, move, trial_value, settings)
+    state = evaluate(a0, theta0, jnp.array(0))
+    return damped_newton(state, move, trial_value, settings)
+
+
+def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
+    s, result = newton_in_a(
+        lambda a, theta, k: _cov_evaluate(lik, params, cov, mean, a, theta, k),
+        lambda a, theta: psi_a(lik, params, mean, a, theta),
+        lambda theta: lik.derivatives(theta, params)[1],
+        cov,
+        mean,
+        theta_guess,
+        settings,
+    )
     result = RESULTS.where(
-        jnp.all(jnp.isfinite(s.lower)), result, RESULTS.hessian_not_positive_definite
+        _factor_finite(s.factor), result, RESULTS.hessian_not_positive_definite
     )
     result = RESULTS.where(
         covariance_ok(cov), result, RESULTS.prior_not_positive_definite
     )
-    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.lower)))
-    return value, s.a, s.theta, s.lower, result, s.num_steps
+    value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.factor)))
+    return value, s.a, s.theta, s.factor, result, s.num_steps
 
 
 def cov_cotangents(lik, theta, a, lower, cov, mean, params, value_bar, theta_bar):

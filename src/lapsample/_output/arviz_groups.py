@@ -75,10 +75,8 @@ class _LatentGaussianPointwise(eqx.Module):
     def __call__(self, theta, phi):
         m = self.marginal
         eta = jnp.asarray(theta)
-        # The observation map and offset of GLMMs; `None` (absent) when unused.
-        index, design, offset = (
-            getattr(m, name, None) for name in ("index", "design", "offset")
-        )
+        # The observation map and offset of GLMMs; `None` when unused.
+        index, design, offset = m.index, m.design, m.offset
         if design is not None:
             eta = jnp.asarray(design) @ eta
         elif index is not None:

@@ -18,7 +18,7 @@ from .._sampler import Sampler
 from .._validate import check_bool, check_key
 from . import checkpoint as checkpoint_file
 from .devices import place_on_mesh
-from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
+from .loop import check_leaves, Run, run_loop
 from .settings import (
     as_sampler,
     per_chain_positions,
@@ -26,6 +26,7 @@ from .settings import (
     unwrap_numpyro,
     with_postprocess,
 )
+from .threads import check_blas_threads
 
 
 # `fold_in` index of the key of `sample(..., laplace_check=True)`.
@@ -53,6 +54,8 @@ def sample(
     checkpoint: str | os.PathLike | None = None,
     overwrite: bool = False,
     laplace_check: bool = False,
+    thinning: int = 1,
+    blas_threads: int | None = None,
 ) -> SampleResults:
     r"""Run several chains of Hamiltonian Monte Carlo with Stan-style warm-up.
 
@@ -177,6 +180,17 @@ def sample(
       (needs a [`lapsample.LaplaceMarginal`][]); the result is
       `results.laplace_check` and `results.summary()` reports it. `resume` does not
       run it: call `lapsample.laplace_check(results, key)` afterwards.
+    - `thinning`: keep every `thinning`-th of the `num_samples` draws,
+      `num_samples // thinning` in all, the last always among them (warm-up draws
+      are not thinned). A kept draw's `diverging` and `inner_failed` cover every
+      transition since the previous kept draw, so thinning hides no divergence;
+      its other statistics are its own transition's. Stored in the checkpoint.
+    - `blas_threads`: the threads of the BLAS library (SciPy's OpenBLAS, which
+      jaxlib's CPU Cholesky factorisations and triangular solves call, outside
+      `XLA_FLAGS`' reach) while the chains run; restored afterwards. Default
+      (`None`): when the chains run in parallel on several CPU devices, at most
+      `cores // devices` each, else unchanged. On a busy machine `1` is often
+      much faster; see the Performance page.
 
     **Returns:**
 
@@ -222,6 +236,7 @@ def sample(
     check_bool("progress_bar", progress_bar)
     check_bool("overwrite", overwrite)
     check_bool("laplace_check", laplace_check)
+    blas_threads = check_blas_threads(blas_threads)
     settings = RunSettings.from_arguments(
         sampler,
         initial_position,
@@ -238,6 +253,7 @@ def sample(
         chain_method=chain_method,
         chunk_size=chunk_size,
         model_is_marginal=not isinstance(model, Sampler),
+        thinning=thinning,
     )
     has_latent = isinstance(sampler.marginal, AbstractLaplaceMarginal)
     if laplace_check and not has_latent:
@@ -262,7 +278,7 @@ def sample(
     key_impl = str(jr.key_impl(key))
     jitter_key, chains_key = jr.split(key)
     key_data = np.asarray(jr.key_data(jr.split(chains_key, settings.num_chains)))
-    run = Run(sampler, settings, key_data, key_impl)
+    run = Run(sampler, settings, key_data, key_impl, blas_threads)
 
     carry, positions = run.start_chains(positions, jitter_key)
     results = run_loop(
@@ -295,6 +311,7 @@ def resume(
     model: Sampler | AbstractMarginal | NumPyroModel,
     *,
     progress_bar: bool = True,
+    blas_threads: int | None = None,
 ) -> SampleResults:
     """Continue a run of [`lapsample.sample`][] from its checkpoint file.
 
@@ -310,7 +327,7 @@ def resume(
 
     - `checkpoint`: the checkpoint file written by `sample(..., checkpoint=...)`.
     - `model`: the same `Sampler` or marginal that was passed to `sample`.
-    - `progress_bar`: as for [`lapsample.sample`][].
+    - `progress_bar`, `blas_threads`: as for [`lapsample.sample`][].
 
     **Returns:**
 
@@ -323,6 +340,7 @@ def resume(
     does not exist.
     """
     model, _, postprocess = unwrap_numpyro(model, None, need_position=False)
+    blas_threads = check_blas_threads(blas_threads)
     path = os.fspath(checkpoint)
     header, arrays = checkpoint_file.read(path)
     try:
@@ -344,7 +362,7 @@ def resume(
             "data. Pass the same model that was given to `sample`."
         )
     sampler = as_sampler(model)
-    run = Run(sampler, settings, arrays["key_data"], key_impl)
+    run = Run(sampler, settings, arrays["key_data"], key_impl, blas_threads)
 
     def entries(prefix):
         names = sorted(
@@ -361,28 +379,19 @@ def resume(
     carry = jtu.tree_unflatten(carry_def, [jnp.asarray(x) for x in carry_leaves])
     carry = place_on_mesh(carry, run.mesh, True)
 
-    template = run.records_shape(carry_template)
-    template_leaves, record_def = jtu.tree_flatten(template)
-    div_index = leaf_index(template_leaves, template.info.is_divergent)
-    draws = empty_like_records(template_leaves, settings.num_samples)
-    saved = entries("draws")
-    check_leaves(path, "draws", draws, saved, axis=1)
-    filled = max(0, step - settings.num_warmup)
-    for dst, src in zip(draws, saved):
-        dst[:, :filled] = src
-    warmup = None
-    if settings.save_warmup:
-        warmup = empty_like_records(template_leaves, settings.num_warmup)
-        saved = entries("warmup")
-        check_leaves(path, "warm-up draws", warmup, saved, axis=1)
-        for dst, src in zip(warmup, saved):
-            dst[:, : src.shape[1]] = src
+    store = run.host_draws(run.records_shape(carry_template))
+    saved_draws = entries("draws")
+    check_leaves(path, "draws", store.draws, saved_draws, axis=1)
+    saved_warmup = entries("warmup") if settings.save_warmup else None
+    if saved_warmup is not None:
+        check_leaves(path, "warm-up draws", store.warmup, saved_warmup, axis=1)
+    store.restore(saved_draws, saved_warmup, counters)
     results = run_loop(
         run,
         carry,
         positions,
         start=step,
-        resumed=(draws, warmup, counters, record_def, div_index),
+        resumed=store,
         progress_bar=progress_bar,
         checkpoint=path,
         structure=structure,

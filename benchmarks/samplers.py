@@ -282,6 +282,24 @@ def timed_cpu(fn, *args):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def run_twice(name, run, key) -> dict:
+    """`run(key) -> (draws, divergent, steps)`: a first call (compiling), timed,
+    then a second with another key, whose draws and times are reported."""
+    first_key, key = jr.split(key)
+    _, first_wall, first_cpu = timed_cpu(run, first_key)
+    (draws, divergent, steps), wall, cpu = timed_cpu(run, key)
+    return dict(
+        sampler=name,
+        draws=draws,
+        divergences=int(np.sum(divergent)),
+        steps=float(np.mean(steps)),
+        first_wall=first_wall,
+        first_cpu=first_cpu,
+        wall=wall,
+        cpu=cpu,
+    )
+
+
 def disease_map_lapsample(example, data, key, num_warmup, num_samples):
     likelihood, covariance, log_prior = example.make_model(data)
     marginal = lapsample.LatentGaussianMarginal(
@@ -303,19 +321,7 @@ def disease_map_lapsample(example, data, key, num_warmup, num_samples):
         stats = results.sample_stats
         return np.asarray(results.phi), stats["diverging"], stats["n_steps"]
 
-    first_key, key = jr.split(key)
-    _, first_wall, first_cpu = timed_cpu(run, first_key)
-    (draws, divergent, steps), wall, cpu = timed_cpu(run, key)
-    return dict(
-        sampler="lapsample LatentGaussianMarginal (NUTS)",
-        draws=draws,
-        divergences=int(np.sum(divergent)),
-        steps=float(np.mean(steps)),
-        first_wall=first_wall,
-        first_cpu=first_cpu,
-        wall=wall,
-        cpu=cpu,
-    )
+    return run_twice("lapsample LatentGaussianMarginal (NUTS)", run, key)
 
 
 def disease_map_numpyro(data, key, num_warmup, num_samples):
@@ -361,19 +367,7 @@ def disease_map_numpyro(data, key, num_warmup, num_samples):
             out.append(sample(state))
         return [np.stack([np.asarray(o[i]) for o in out]) for i in range(3)]
 
-    first_key, key = jr.split(key)
-    _, first_wall, first_cpu = timed_cpu(run, first_key)
-    (draws, divergent, num_steps), wall, cpu = timed_cpu(run, key)
-    return dict(
-        sampler="numpyro NUTS non-centred",
-        draws=draws,
-        divergences=int(np.sum(divergent)),
-        steps=float(np.mean(num_steps)),
-        first_wall=first_wall,
-        first_cpu=first_cpu,
-        wall=wall,
-        cpu=cpu,
-    )
+    return run_twice("numpyro NUTS non-centred", run, key)
 
 
 def disease_map_table(rows) -> str:

@@ -71,24 +71,22 @@ def test_the_blas_of_jaxlib_is_loaded_by_lapsample():
 
 
 @pytest.mark.parametrize(
-    "asked, parallel, cores, current, expected",
+    "asked, on_cpu, current, expected",
     [
-        # Asked for: exactly that, raised or lowered.
-        (1, 1, 2, [2, 2], [1, 1]),
-        (3, 1, 2, [2], [3]),
-        # Automatic: one chain group at a time (or none on the CPU) leaves it.
-        (None, 1, 2, [2, 2], None),
-        (None, 0, 2, [2], None),
-        # Parallel chain groups share the cores, never raised.
-        (None, 2, 2, [2, 2], [1, 1]),
-        (None, 4, 2, [2], [1]),
-        (None, 2, 16, [16, 1], [8, 1]),
-        (None, 2, 16, [4], None),
+        # Asked for: exactly that, raised or lowered, on any device.
+        (1, True, [2, 2], [1, 1]),
+        (3, True, [2], [3]),
+        (2, False, [8], [2]),
+        # Automatic: one thread on the CPU, nothing changed elsewhere or when
+        # already there.
+        (None, True, [2, 2], [1, 1]),
+        (None, True, [16, 1], [1, 1]),
+        (None, True, [1], None),
+        (None, False, [16], None),
     ],
 )
-def test_blas_thread_limits(asked, parallel, cores, current, expected):
-    got = _threads.blas_thread_limits(asked, parallel, cores, current)
-    assert got == expected
+def test_blas_thread_limits(asked, on_cpu, current, expected):
+    assert _threads.blas_thread_limits(asked, on_cpu, current) == expected
 
 
 def test_limit_is_restored_after_an_error():
@@ -129,18 +127,21 @@ def _sample(monkeypatch, **kwargs):
 
 def test_blas_threads_applied_during_the_run_and_restored(monkeypatch):
     before = _blas_threads()
-    limited, seen = _sample(monkeypatch, blas_threads=1)
-    assert len(seen) == 3  # 12 iterations in chunks of 5
-    for during in seen:
-        assert set(during) == set(before) and set(during.values()) == {1}
-    assert _blas_threads() == before
-    # One device: automatic leaves the pool alone.
-    default, seen = _sample(monkeypatch)
-    assert all(during == before for during in seen)
-    # The same draws, bit for bit.
-    np.testing.assert_array_equal(limited.phi, default.phi)
-    for name, value in default.sample_stats.items():
-        np.testing.assert_array_equal(limited.sample_stats[name], value, name)
+    if max(before.values()) <= 1:
+        pytest.skip("the BLAS pools have one thread already (OPENBLAS_NUM_THREADS?)")
+    runs = {}
+    for asked, expected in ((None, 1), (2, 2)):
+        runs[asked], seen = _sample(monkeypatch, blas_threads=asked)
+        assert len(seen) == 3  # 12 iterations in chunks of 5
+        for during in seen:
+            assert set(during) == set(before)
+            assert set(during.values()) == {expected}, asked
+        assert _blas_threads() == before
+    # The same draws, bit for bit (the model's 20 x 20 factorisations are too
+    # small for OpenBLAS to split between threads, so their round-off is the same).
+    np.testing.assert_array_equal(runs[None].phi, runs[2].phi)
+    for name, value in runs[2].sample_stats.items():
+        np.testing.assert_array_equal(runs[None].sample_stats[name], value, name)
 
 
 @pytest.mark.parametrize(
@@ -156,18 +157,17 @@ def test_invalid_blas_threads(value, error, monkeypatch):
 
 
 def test_parallel_host_devices_limit_automatically():
-    """Four chains on four host devices of a 2-core process: one BLAS thread each
-    while inside the limit (no compilation needed to check it), restored after."""
+    """Chains on four host devices: one BLAS thread while inside the limit (no
+    compilation needed to check it), restored after."""
     script = """
-        import json, os
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
+        import json
         import jax, threadpoolctl
         from lapsample._workflow import devices, threads
         def blas():
             return [i["num_threads"] for i in threadpoolctl.threadpool_info()
                     if i["user_api"] == "blas"]
         mesh = devices.choose_mesh(4)
-        assert threads.parallel_cpu_chains(mesh) == 4
+        assert mesh.devices.size == 4 and threads.chains_on_cpu(mesh)
         before = blas()
         with threads.limited_blas_threads(None, mesh):
             during = blas()

@@ -118,8 +118,9 @@ def sample(
 
     **Progress.** The chains advance in compiled chunks of `chunk_size`
     iterations (default: about 50 chunks per run) driven from Python. A `tqdm`
-    progress bar shows the phase (warm-up or sampling), divergences so far, the mean
-    step size and the speed in iterations per second. It is shown only when
+    progress bar shows the phase (warm-up or sampling), the time left and the speed
+    in iterations per second (both from the end of the first chunk, so without the
+    compilation), divergences so far and the mean step size. It is shown only when
     standard error is a terminal and the `CI` environment variable is not set;
     `progress_bar=False` turns it off. The chunk size never changes the draws:
     the randomness of iteration `i` of a chain comes from `fold_in(chain_key, i)`.
@@ -188,9 +189,11 @@ def sample(
     - `blas_threads`: the threads of the BLAS library (SciPy's OpenBLAS, which
       jaxlib's CPU Cholesky factorisations and triangular solves call, outside
       `XLA_FLAGS`' reach) while the chains run; restored afterwards. Default
-      (`None`): when the chains run in parallel on several CPU devices, at most
-      `cores // devices` each, else unchanged. On a busy machine `1` is often
-      much faster; see the Performance page.
+      (`None`): one thread when the chains run on the CPU (a pool of one thread
+      per core collapses on a busy machine, and parallel chains on host devices
+      would each start one; see the Performance page), unchanged on accelerators.
+      More can speed up large dense factorisations on an idle machine; the count
+      can change their round-off, and so the draws in the last bits.
 
     **Returns:**
 

@@ -5,12 +5,11 @@ LAPACK calls through the OpenBLAS that comes with SciPy (it takes the function
 pointers from `scipy.linalg.cython_lapack`). That library has its own thread pool,
 one thread per core by default, which `XLA_FLAGS` does not reach: chains run in
 parallel on several host devices each start that many BLAS threads, and on a busy
-machine the threads of one call wait on each other. A run therefore limits the pool
-(with threadpoolctl) while it samples, and restores it afterwards.
+machine the threads of one call wait on each other. A run on the CPU therefore
+limits the pool (with threadpoolctl) while it samples, and restores it afterwards.
 """
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import jax
@@ -26,25 +25,13 @@ from jax.sharding import Mesh
 from .._validate import check_int
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform
-    reports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
-def parallel_cpu_chains(mesh: Mesh | None) -> int:
-    """How many chain groups of this process run at the same time on CPU devices:
-    the host devices of the mesh that belong to this process (0 when the chains
-    run on accelerators, 1 without a mesh on the CPU)."""
+def chains_on_cpu(mesh: Mesh | None) -> bool:
+    """Whether the chains of this process run on CPU devices."""
     if mesh is None:
-        return 1 if jax.default_backend() == "cpu" else 0
-    return sum(
-        1
+        return jax.default_backend() == "cpu"
+    return any(
+        d.platform == "cpu" and d.process_index == jax.process_index()
         for d in mesh.devices.flat
-        if d.platform == "cpu" and d.process_index == jax.process_index()
     )
 
 
@@ -56,24 +43,25 @@ def check_blas_threads(blas_threads) -> int | None:
 
 
 def blas_thread_limits(
-    blas_threads: int | None, parallel: int, cores: int, current: list[int]
+    blas_threads: int | None, on_cpu: bool, current: list[int]
 ) -> list[int] | None:
     """The number of threads for each loaded BLAS library (now at `current`), or
     `None` to leave them alone.
 
     Asked for (`blas_threads`), every library gets that many. Automatic (`None`):
-    when `parallel > 1` chain groups run at once on `cores` CPU cores, each library
-    is lowered (never raised) to `max(1, cores // parallel)` threads, so that BLAS
-    threads times parallel chains do not exceed the cores; else nothing changes.
+    one thread when the chains run on the CPU, else nothing changes. One thread
+    keeps BLAS threads times parallel chains within the cores whatever the number
+    of host devices, keeps the round-off of a factorisation (and so the draws) the
+    same on one device or several, and avoids the collapse of a multi-threaded pool
+    on a busy machine (docs/performance.md: 7-140x slower per evaluation at
+    d = 300 on a loaded 2-core machine). Large dense factorisations on an idle
+    machine with many cores may gain from more: ask for them.
     """
     if blas_threads is not None:
         return [blas_threads] * len(current)
-    if parallel <= 1:
+    if not on_cpu or all(n <= 1 for n in current):
         return None
-    cap = max(1, cores // parallel)
-    if all(n <= cap for n in current):
-        return None
-    return [min(n, cap) for n in current]
+    return [1] * len(current)
 
 
 @contextlib.contextmanager
@@ -86,9 +74,7 @@ def limited_blas_threads(blas_threads: int | None, mesh: Mesh | None) -> Iterato
         if c.user_api == "blas"
     ]
     current = [c.num_threads for c in controllers]
-    limits = blas_thread_limits(
-        blas_threads, parallel_cpu_chains(mesh), available_cores(), current
-    )
+    limits = blas_thread_limits(blas_threads, chains_on_cpu(mesh), current)
     if limits is None:
         yield
         return

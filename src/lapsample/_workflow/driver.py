@@ -181,19 +181,13 @@ def sample(
       (needs a [`lapsample.LaplaceMarginal`][]); the result is
       `results.laplace_check` and `results.summary()` reports it. `resume` does not
       run it: call `lapsample.laplace_check(results, key)` afterwards.
-    - `thinning`: keep every `thinning`-th of the `num_samples` draws,
-      `num_samples // thinning` in all, the last always among them (warm-up draws
-      are not thinned). A kept draw's `diverging` and `inner_failed` cover every
-      transition since the previous kept draw, so thinning hides no divergence;
-      its other statistics are its own transition's. Stored in the checkpoint.
-    - `blas_threads`: the threads of the BLAS library (SciPy's OpenBLAS, which
-      jaxlib's CPU Cholesky factorisations and triangular solves call, outside
-      `XLA_FLAGS`' reach) while the chains run; restored afterwards. Default
-      (`None`): one thread when the chains run on the CPU (a pool of one thread
-      per core collapses on a busy machine, and parallel chains on host devices
-      would each start one; see the Performance page), unchanged on accelerators.
-      More can speed up large dense factorisations on an idle machine; the count
-      can change their round-off, and so the draws in the last bits.
+    - `thinning`: keep every `thinning`-th draw after warm-up (`num_samples //
+      thinning` in all, the last among them; warm-up is not thinned); a kept
+      draw's `diverging` and `inner_failed` cover the transitions since the
+      previous kept one.
+    - `blas_threads`: threads of the BLAS pool (SciPy's OpenBLAS, which jaxlib's
+      CPU factorisations call, outside `XLA_FLAGS`' reach) during the run. Default:
+      1 on the CPU (see the Performance page), unchanged elsewhere.
 
     **Returns:**
 

@@ -3,6 +3,14 @@ marginal with the pool at its default size against limited to one thread.
 
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false \\
         .venv/bin/python benchmarks/blas_threads.py [--d 300] [--busy 1] [--rounds 15]
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false \\
+        --xla_force_host_platform_device_count=2" \\
+        .venv/bin/python benchmarks/blas_threads.py --sampler --busy 0 --rounds 2
+
+`--sampler`: whole runs of `lapsample.sample` instead (the 100-cell disease map of
+examples/disease_map.py, 4 chains x (300 + 300), from ../shared/margossian), with
+`blas_threads=None` (one thread) against `blas_threads=<cores>` (the pool's
+default size), alternating; the same key, so the same trajectories up to round-off.
 
 jaxlib's CPU Cholesky factorisations and triangular solves call SciPy's OpenBLAS,
 whose thread pool (one thread per core by default) `XLA_FLAGS` does not reach.
@@ -17,10 +25,13 @@ every thread of the process, BLAS's included), and the load average.
 """
 
 import argparse
+import importlib.util
+import math
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 
@@ -68,6 +79,35 @@ def value_and_grad(d: int):
     return lambda: run(marginal, phi0 + 0.05, guess)
 
 
+def disease_map_runs(blas_threads: int):
+    """`run()`: one `lapsample.sample` of the 100-cell disease map."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "disease_map_example", root / "examples" / "disease_map.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    likelihood, covariance, log_prior = example.make_model(example.load(100))
+    marginal = lapsample.LatentGaussianMarginal(
+        likelihood, covariance=covariance, log_prior=log_prior
+    )
+
+    def run():
+        results = lapsample.sample(
+            jr.key(0),
+            marginal,
+            jnp.array([0.0, math.log(5.0)]),
+            num_warmup=300,
+            num_samples=300,
+            dense_mass=True,
+            progress_bar=False,
+            blas_threads=blas_threads,
+        )
+        return results.phi
+
+    return run
+
+
 def blas_pools():
     return [
         (os.path.basename(i["filepath"]), i["num_threads"])
@@ -92,9 +132,21 @@ def main():
     parser.add_argument("--busy", type=int, default=max(1, os.cpu_count() - 1))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--sampler", action="store_true")
     args = parser.parse_args()
-    fn = value_and_grad(args.d)
-    jax.block_until_ready(fn())
+    if args.sampler:
+        cores = len(os.sched_getaffinity(0))
+        runs = {
+            "default (1 thread)": disease_map_runs(None),
+            f"{cores} threads": disease_map_runs(cores),
+        }
+        jax.block_until_ready(runs["default (1 thread)"]())  # compiles
+        args.calls = 1
+        print(f"devices: {len(jax.devices())}")
+    else:
+        fn = value_and_grad(args.d)
+        jax.block_until_ready(fn())
+        runs = {"default": fn, "limited to 1": fn}
     print(
         f"jax {jax.__version__}, {os.cpu_count()} CPUs, d = {args.d}, "
         f"{args.busy} busy-loop process(es); BLAS pools: {blas_pools()}"
@@ -106,20 +158,24 @@ def main():
     try:
         time.sleep(1.0)
         load_before = os.getloadavg()
-        results = {"default": [], "limited to 1": []}
+        results = {name: [] for name in runs}
         for _ in range(args.rounds):
-            results["default"].append(per_call_ms(fn, args.calls))
-            with threadpoolctl.threadpool_limits(1, user_api="blas"):
-                results["limited to 1"].append(per_call_ms(fn, args.calls))
+            for name, fn in runs.items():
+                if args.sampler or name == "default":
+                    results[name].append(per_call_ms(fn, args.calls))
+                    continue
+                with threadpoolctl.threadpool_limits(1, user_api="blas"):
+                    results[name].append(per_call_ms(fn, args.calls))
         load_after = os.getloadavg()
     finally:
         for proc in busy:
             proc.kill()
             proc.wait()
-    print("\n| BLAS pool | wall ms / call (median) | CPU ms / call (median) |")
+    unit, scale = ("s / run", 1e-3) if args.sampler else ("ms / call", 1.0)
+    print(f"\n| BLAS pool | wall {unit} (median) | CPU {unit} (median) |")
     print("|---|---|---|")
     for name, rows in results.items():
-        wall, cpu = np.median(np.asarray(rows), axis=0)
+        wall, cpu = scale * np.median(np.asarray(rows), axis=0)
         print(f"| {name} | {wall:.2f} | {cpu:.2f} |")
     fmt = ", ".join
     print(

@@ -1,6 +1,8 @@
 """The host loop of a run: advance chunk by chunk, record draws, report progress,
 write checkpoints, and assemble the results."""
 
+import contextlib
+
 import equinox as eqx
 import jax
 import jax.tree_util as jtu
@@ -206,52 +208,54 @@ def run_loop(
     fingerprint = (
         checkpoint_file.model_fingerprint(model) if checkpoint is not None else None
     )
+    blas = contextlib.ExitStack()
     try:
-        with limited_blas_threads(run.blas_threads, mesh):
-            while step < run.total:
-                n = min(run.chunk, run.total - step)
-                flags = place_on_mesh(run.chunk_flags(step, n), mesh, False)
-                carry, records = advance_chains(
-                    sampler,
-                    key_data,
-                    carry,
-                    flags,
-                    place_on_mesh(np.int32(step), mesh, False),
-                    place_on_mesh(np.int32(n), mesh, False),
-                    **run.advance_kwargs(),
+        blas.enter_context(limited_blas_threads(run.blas_threads, mesh))
+        while step < run.total:
+            n = min(run.chunk, run.total - step)
+            flags = place_on_mesh(run.chunk_flags(step, n), mesh, False)
+            carry, records = advance_chains(
+                sampler,
+                key_data,
+                carry,
+                flags,
+                place_on_mesh(np.int32(step), mesh, False),
+                place_on_mesh(np.int32(n), mesh, False),
+                **run.advance_kwargs(),
+            )
+            host_records = to_host(records)
+            if store is None:
+                store = run.host_draws(host_records)
+            store.add(step, n, jtu.tree_leaves(host_records))
+            step += n
+            progress.update(
+                step - n,
+                n,
+                int(store.warmup_divergences.sum()),
+                int(store.divergences.sum()),
+                to_host(carry.adaptation.step_size),
+            )
+            if checkpoint is not None:
+                # Every process takes part in gathering the state; one writes it.
+                host_carry = to_host(carry)
+            if checkpoint is not None and jax.process_index() == 0:
+                _write_checkpoint(
+                    checkpoint,
+                    run,
+                    host_carry,
+                    positions,
+                    structure,
+                    fingerprint,
+                    step,
+                    store,
                 )
-                host_records = to_host(records)
-                if store is None:
-                    store = run.host_draws(host_records)
-                store.add(step, n, jtu.tree_leaves(host_records))
-                step += n
-                progress.update(
-                    step - n,
-                    n,
-                    int(store.warmup_divergences.sum()),
-                    int(store.divergences.sum()),
-                    to_host(carry.adaptation.step_size),
-                )
-                if checkpoint is not None:
-                    # Every process takes part in gathering the state; one writes.
-                    host_carry = to_host(carry)
-                if checkpoint is not None and jax.process_index() == 0:
-                    _write_checkpoint(
-                        checkpoint,
-                        run,
-                        host_carry,
-                        positions,
-                        structure,
-                        fingerprint,
-                        step,
-                        store,
-                    )
         if checkpoint is not None:
             # Only process 0 writes: the others wait for its last checkpoint, so that
             # on every process the file is final when `sample` returns (a `resume`
             # that follows reads the same file everywhere).
             wait_for_every_process("lapsample checkpoint written")
     finally:
+        blas.close()
         progress.close()
 
     return _results(run, carry, store)

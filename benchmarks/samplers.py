@@ -382,7 +382,7 @@ def disease_map_table(rows) -> str:
         "leapfrog steps / draw",
         "divergences",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for r in rows:
         draws = r["draws"]
         ess_min = min(float(az.ess(draws[:, :, i])) for i in range(2))
@@ -399,8 +399,8 @@ def disease_map_table(rows) -> str:
             f"{r['steps']:.1f}",
             str(r["divergences"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return md_table(header, body)
 
 
 def agreement(a, b) -> str:
@@ -452,6 +452,12 @@ def run_disease_map(quick: bool):
 # --------------------------------------------------------------------------------
 
 
+def md_table(header, body) -> str:
+    """A Markdown table of the rows of cells in `body`."""
+    rows = [header, ["---"] * len(header), *body]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
+
+
 def markdown(rows) -> str:
     header = [
         "sampler",
@@ -462,7 +468,7 @@ def markdown(rows) -> str:
         "warm-up (s)",
         "mean log_sigma",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for r in rows:
         warm = "–" if r["warmup_seconds"] is None else f"{r['warmup_seconds']:.2f}"
         cells = [
@@ -474,8 +480,8 @@ def markdown(rows) -> str:
             warm,
             f"{r['mean']:.3f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return md_table(header, body)
 
 
 def verdict(label, ours, theirs, factor) -> str:

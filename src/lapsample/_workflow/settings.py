@@ -185,9 +185,8 @@ class RunSettings(eqx.Module):
         thinning = check_int("thinning", thinning, 1)
         if thinning > num_samples:
             raise ValueError(
-                f"`thinning={thinning}` keeps every {thinning}th of the "
-                f"`num_samples={num_samples}` draws: none. Lower `thinning` or raise "
-                "`num_samples`."
+                f"`thinning={thinning}` is more than `num_samples={num_samples}`: no "
+                "draw would be kept. Lower `thinning` or raise `num_samples`."
             )
         for name, value in (
             ("chain_axis", chain_axis),

@@ -1,9 +1,12 @@
 """ESS/s of `log_sigma` on the seed model: lapsample against BlackJAX 1.7 and
-full-joint NUTS (BlackJAX and NumPyro, centred and non-centred).
+full-joint NUTS (BlackJAX and NumPyro, centred and non-centred); and the 100-cell
+disease map of Finland: `LatentGaussianMarginal` against NumPyro's non-centred NUTS.
 
     .venv/bin/python benchmarks/samplers.py                      # full run
     .venv/bin/python benchmarks/samplers.py --quick              # smoke test (CI)
     .venv/bin/python benchmarks/samplers.py --num-samples 5000
+    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false OPENBLAS_NUM_THREADS=1 \
+        .venv/bin/python benchmarks/samplers.py --part disease-map [--quick]
 
 The model (n = 20, float64), as in `examples/quickstart.py`:
 
@@ -19,12 +22,28 @@ timed call uses a fresh key and `jax.block_until_ready`. NumPyro's NUTS kernel i
 stepped by a jitted `lax.scan` for the same reason (see `run_numpyro_nuts`). ESS is
 `arviz.ess` (bulk) of one chain's `log_sigma` draws. On a loaded machine wall
 times, and hence ESS/s, are noisy: the load average is printed alongside.
+
+The disease map (examples/disease_map.py's model and data, from
+../shared/margossian; skipped when absent): 4 chains x (1000 warm-up + 1000 draws),
+`--quick` 4 x (300 + 300), chains one after another in one process. lapsample
+samples phi = (log alpha, log rho) with the example's settings (dense mass matrix);
+NumPyro samples alpha, rho and the whitened latent z (theta = chol(K) z) with its
+own warm-up, stepped by jitted `lax.scan`s as above. Each sampler runs twice with
+different keys: the first call (compilation included) is timed as a user's first
+run; ESS (bulk, `arviz.ess` over the 4 chains, the smaller of log alpha and log
+rho) is of the second, divided by its CPU seconds (`time.process_time`, which the
+load of a shared machine changes far less than wall time). Agreement: the
+difference of the posterior means of log alpha and log rho in units of its Monte
+Carlo standard error (`arviz.mcse` of both runs combined).
 """
 
 import argparse
+import importlib.util
+import math
 import os
 import platform
 import time
+from pathlib import Path
 
 import jax
 
@@ -239,8 +258,204 @@ def run_numpyro_nuts(name, model, y, key, num_warmup, num_samples):
 
 
 # --------------------------------------------------------------------------------
+# Disease map, 100 cells
+# --------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+DISEASE_DATA = ROOT.parent / "shared" / "margossian"
+
+
+def disease_map_example():
+    """examples/disease_map.py (its model and data loader), loaded by path."""
+    spec = importlib.util.spec_from_file_location(
+        "disease_map_example", ROOT / "examples" / "disease_map.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed_cpu(fn, *args):
+    """(result, wall seconds, CPU seconds of this process) of one blocking call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_twice(name, run, key) -> dict:
+    """`run(key) -> (draws, divergent, steps)`: a first call (compiling), timed,
+    then a second with another key, whose draws and times are reported."""
+    first_key, key = jr.split(key)
+    _, first_wall, first_cpu = timed_cpu(run, first_key)
+    (draws, divergent, steps), wall, cpu = timed_cpu(run, key)
+    return dict(
+        sampler=name,
+        draws=draws,
+        divergences=int(np.sum(divergent)),
+        steps=float(np.mean(steps)),
+        first_wall=first_wall,
+        first_cpu=first_cpu,
+        wall=wall,
+        cpu=cpu,
+    )
+
+
+def disease_map_lapsample(example, data, key, num_warmup, num_samples):
+    likelihood, covariance, log_prior = example.make_model(data)
+    marginal = lapsample.LatentGaussianMarginal(
+        likelihood, covariance=covariance, log_prior=log_prior
+    )
+    phi_init = jnp.array([0.0, math.log(5.0)])
+
+    def run(key):
+        results = lapsample.sample(
+            key,
+            marginal,
+            phi_init,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=4,
+            dense_mass=True,
+            progress_bar=False,
+        )
+        stats = results.sample_stats
+        return np.asarray(results.phi), stats["diverging"], stats["n_steps"]
+
+    return run_twice("lapsample LatentGaussianMarginal (NUTS)", run, key)
+
+
+def disease_map_numpyro(data, key, num_warmup, num_samples):
+    """Non-centred: theta = chol(K(alpha, rho)) z with z ~ N(0, I); NumPyro keeps
+    alpha and rho on the log scale internally (`state.z`), as lapsample's phi."""
+    x = jnp.asarray(data["x"], float)
+    sq_dist = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+    n = x.shape[0]
+    y = jnp.asarray(data["y"], float)
+    ye = jnp.asarray(data["ye"], float)
+
+    def model():
+        alpha = numpyro.sample("alpha", dist.InverseGamma(10.0, 10.0))
+        rho = numpyro.sample(
+            "rho",
+            dist.InverseGamma(data["rho_alpha_prior"], data["rho_beta_prior"]),
+        )
+        cov = alpha**2 * jnp.exp(-sq_dist / (2 * rho**2)) + 1e-8 * jnp.eye(n)
+        with numpyro.plate("cells", n):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            theta = jnp.linalg.cholesky(cov) @ z
+            numpyro.sample("y", dist.Poisson(ye * jnp.exp(theta)), obs=y)
+
+    kernel = NUTS(model)
+
+    def steps(state, num_steps):
+        def one(state, _):
+            state = kernel.sample(state, (), {})
+            log_phi = jnp.stack([state.z["alpha"], state.z["rho"]])
+            return state, (log_phi, state.diverging, state.num_steps)
+
+        return jax.lax.scan(one, state, None, length=num_steps)
+
+    warmup = jax.jit(lambda s: steps(s, num_warmup)[0])
+    sample = jax.jit(lambda s: steps(s, num_samples)[1])
+
+    def run(key):
+        out = []
+        for chain_key in jr.split(key, 4):
+            init_key, sample_key = jr.split(chain_key)
+            state = kernel.init(init_key, num_warmup, None, (), {})
+            state = warmup(state)._replace(rng_key=sample_key)
+            out.append(sample(state))
+        return [np.stack([np.asarray(o[i]) for o in out]) for i in range(3)]
+
+    return run_twice("numpyro NUTS non-centred", run, key)
+
+
+def disease_map_table(rows) -> str:
+    header = [
+        "sampler",
+        "min bulk ESS",
+        "R-hat (max)",
+        "CPU s",
+        "wall s",
+        "ESS / CPU s",
+        "first call wall s (CPU s)",
+        "leapfrog steps / draw",
+        "divergences",
+    ]
+    body = []
+    for r in rows:
+        draws = r["draws"]
+        ess_min = min(float(az.ess(draws[:, :, i])) for i in range(2))
+        rhat = max(float(az.rhat(draws[:, :, i])) for i in range(2))
+        r["ess_per_cpu"] = ess_min / r["cpu"]
+        cells = [
+            r["sampler"],
+            f"{ess_min:.0f}",
+            f"{rhat:.3f}",
+            f"{r['cpu']:.1f}",
+            f"{r['wall']:.1f}",
+            f"{r['ess_per_cpu']:.1f}",
+            f"{r['first_wall']:.1f} ({r['first_cpu']:.1f})",
+            f"{r['steps']:.1f}",
+            str(r["divergences"]),
+        ]
+        body.append(cells)
+    return md_table(header, body)
+
+
+def agreement(a, b) -> str:
+    """Posterior means of log alpha and log rho, and their difference in Monte
+    Carlo standard errors."""
+    parts = []
+    for i, name in enumerate(("log alpha", "log rho")):
+        x, y = a["draws"][:, :, i], b["draws"][:, :, i]
+        se = math.hypot(float(az.mcse(x)), float(az.mcse(y)))
+        z = (x.mean() - y.mean()) / se
+        parts.append(
+            f"{name}: {x.mean():.4f} against {y.mean():.4f} (sd {x.std():.3f}, "
+            f"{y.std():.3f}), difference {z:+.2f} MCSE"
+        )
+    return "; ".join(parts)
+
+
+def run_disease_map(quick: bool):
+    if not DISEASE_DATA.is_dir():
+        print(f"\n(disease map skipped: {DISEASE_DATA} is absent)")
+        return
+    num_warmup = num_samples = 300 if quick else 1000
+    print(
+        f"\n# disease map of Finland, 100 cells: 4 chains x ({num_warmup} warm-up + "
+        f"{num_samples} draws), chains one after another"
+    )
+    load_before = load()
+    print(f"load average before (1, 5, 15 min): {load_before}", flush=True)
+    example = disease_map_example()
+    data = example.load(100)
+    keys = jr.split(jr.key(2026), 2)
+    ours = disease_map_lapsample(example, data, keys[0], num_warmup, num_samples)
+    print("  done: lapsample", flush=True)
+    theirs = disease_map_numpyro(data, keys[1], num_warmup, num_samples)
+    print("  done: numpyro", flush=True)
+    print()
+    print(disease_map_table([ours, theirs]))
+    print(
+        f"\nESS per CPU second: {ours['ess_per_cpu'] / theirs['ess_per_cpu']:.0f}x "
+        f"NumPyro's; first call (wall): "
+        f"{theirs['first_wall'] / ours['first_wall']:.1f}x faster."
+    )
+    print(f"Posterior agreement: {agreement(ours, theirs)}.")
+    print(f"load average (1, 5, 15 min): before {load_before}; after {load()}.")
+
+
+# --------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------
+
+
+def md_table(header, body) -> str:
+    """A Markdown table of the rows of cells in `body`."""
+    rows = [header, ["---"] * len(header), *body]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
 
 
 def markdown(rows) -> str:
@@ -253,7 +468,7 @@ def markdown(rows) -> str:
         "warm-up (s)",
         "mean log_sigma",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for r in rows:
         warm = "–" if r["warmup_seconds"] is None else f"{r['warmup_seconds']:.2f}"
         cells = [
@@ -265,8 +480,8 @@ def markdown(rows) -> str:
             warm,
             f"{r['mean']:.3f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return md_table(header, body)
 
 
 def verdict(label, ours, theirs, factor) -> str:
@@ -291,7 +506,20 @@ def main():
     )
     parser.add_argument("--num-samples", type=int, default=None)
     parser.add_argument("--num-warmup", type=int, default=1_000)
+    parser.add_argument(
+        "--part",
+        choices=("all", "seed", "disease-map"),
+        default="all",
+        help="the seed-model comparison, the disease map, or both",
+    )
     args = parser.parse_args()
+    if args.part != "disease-map":
+        seed_model(args)
+    if args.part != "seed":
+        run_disease_map(args.quick)
+
+
+def seed_model(args):
     num_samples = args.num_samples or (200 if args.quick else 10_000)
 
     print(

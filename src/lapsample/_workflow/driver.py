@@ -29,6 +29,7 @@ from .settings import (
     unwrap_numpyro,
     with_postprocess,
 )
+from .threads import check_blas_threads
 
 
 def chain_keys(key, num_chains: int):
@@ -79,6 +80,8 @@ def sample(
     checkpoint: str | os.PathLike | None = None,
     overwrite: bool = False,
     laplace_check: bool = False,
+    thinning: int = 1,
+    blas_threads: int | None = None,
 ) -> SampleResults:
     r"""Run several chains of Hamiltonian Monte Carlo with Stan-style warm-up.
 
@@ -141,8 +144,9 @@ def sample(
 
     **Progress.** The chains advance in compiled chunks of `chunk_size`
     iterations (default: about 50 chunks per run) driven from Python. A `tqdm`
-    progress bar shows the phase (warm-up or sampling), divergences so far, the mean
-    step size and the speed in iterations per second. It is shown only when
+    progress bar shows the phase (warm-up or sampling), the time left and the speed
+    in iterations per second (both from the end of the first chunk, so without the
+    compilation), divergences so far and the mean step size. It is shown only when
     standard error is a terminal and the `CI` environment variable is not set;
     `progress_bar=False` turns it off. The chunk size never changes the draws:
     the randomness of iteration `i` of a chain comes from `fold_in(chain_key, i)`.
@@ -209,6 +213,13 @@ def sample(
       (needs a marginal with a latent, as for `sample_theta`); the result is
       `results.laplace_check` and `results.summary()` reports it. `resume` does not
       run it: call `lapsample.laplace_check(results, key)` afterwards.
+    - `thinning`: keep every `thinning`-th draw after warm-up (`num_samples //
+      thinning` in all, the last among them; warm-up is not thinned); a kept
+      draw's `diverging` and `inner_failed` cover the transitions since the
+      previous kept one.
+    - `blas_threads`: threads of the BLAS pool (SciPy's OpenBLAS, which jaxlib's
+      CPU factorisations call, outside `XLA_FLAGS`' reach) during the run. Default:
+      1 on the CPU (see the Performance page), unchanged elsewhere.
 
     **Returns:**
 
@@ -255,6 +266,7 @@ def sample(
     check_bool("progress_bar", progress_bar)
     check_bool("overwrite", overwrite)
     check_bool("laplace_check", laplace_check)
+    blas_threads = check_blas_threads(blas_threads)
     settings = RunSettings.from_arguments(
         sampler,
         initial_position,
@@ -271,6 +283,7 @@ def sample(
         chain_method=chain_method,
         chunk_size=chunk_size,
         model_is_marginal=not isinstance(model, Sampler),
+        thinning=thinning,
     )
     has_latent = isinstance(sampler.marginal, AbstractLaplaceMarginal)
     if laplace_check and not has_latent:
@@ -296,7 +309,7 @@ def sample(
             sampler.marginal.check(first)
 
         jitter_key, key_data, key_impl = chain_keys(key, settings.num_chains)
-        run = Run(sampler, settings, key_data, key_impl)
+        run = Run(sampler, settings, key_data, key_impl, blas_threads)
 
         carry, positions = run.start_chains(positions, jitter_key)
         results = run_loop(

@@ -1,6 +1,8 @@
 """The host loop of a run: advance chunk by chunk, record draws, report progress,
 write checkpoints, and assemble the results."""
 
+import contextlib
+
 import equinox as eqx
 import jax
 import jax.tree_util as jtu
@@ -16,9 +18,11 @@ from . import checkpoint as checkpoint_file
 from .adaptation import initial_inverse_mass_matrix
 from .chains import advance_chains, advance_chains_impl, setup_chains, setup_chains_impl
 from .devices import choose_mesh, place_on_mesh, to_host, wait_for_every_process
+from .draws import HostDraws
 from .progress import progress_meter
 from .schedule import MIN_WARMUP_FOR_MASS, schedule_flags, StepFlags
 from .settings import inverse_mass_array, jitter_positions, RunSettings
+from .threads import limited_blas_threads
 
 
 class Run:
@@ -30,8 +34,10 @@ class Run:
         settings: RunSettings,
         key_data: np.ndarray,
         key_impl: str,
+        blas_threads: int | None = None,
     ):
         self.sampler = sampler
+        self.blas_threads = blas_threads
         self.settings = settings
         self.key_data = key_data
         self.key_impl = key_impl
@@ -46,6 +52,13 @@ class Run:
             settings.adapt_mass_matrix and settings.num_warmup >= MIN_WARMUP_FOR_MASS
         )
         self.search = settings.num_warmup > 0 or settings.model_is_marginal
+
+    def host_draws(self, records) -> HostDraws:
+        """Host arrays for the draws, shaped like the records of one chunk."""
+        s = self.settings
+        return HostDraws(
+            records, s.num_warmup, s.num_samples, s.thinning, s.save_warmup
+        )
 
     def initial_inverse_mass(self, size, dtype):
         if not self.adapt_mass:
@@ -99,7 +112,8 @@ class Run:
         base = positions
         positions = jitter_positions(base, jitter, jitter_key, range(num_chains), 0)
         for attempt in range(1, 101 if jitter > 0 else 2):
-            carry = self.setup(positions)
+            with limited_blas_threads(self.blas_threads, self.mesh):
+                carry = self.setup(positions)
             logdensity = np.asarray(to_host(carry.state.logdensity))
             bad = np.flatnonzero(~np.isfinite(logdensity))
             if bad.size == 0:
@@ -170,19 +184,6 @@ class Run:
         return out[1]
 
 
-def empty_like_records(leaves, length: int):
-    """Host arrays `(chains, length, ...)` like the `(chains, chunk, ...)` leaves of
-    the records."""
-
-    def empty(s):
-        shape = (s.shape[0], length, *s.shape[2:])
-        if np.issubdtype(s.dtype, np.inexact):
-            return np.full(shape, np.nan, s.dtype)
-        return np.zeros(shape, s.dtype)
-
-    return [empty(s) for s in leaves]
-
-
 def run_loop(
     run: Run,
     carry,
@@ -195,25 +196,21 @@ def run_loop(
     structure,
     model,
 ):
+    """Advance the chains from iteration `start` to the end; `resumed` is the
+    `HostDraws` of a resumed run (else `None`: allocated from the first chunk)."""
     s = run.settings
-    num_warmup, num_samples = s.num_warmup, s.num_samples
-    if resumed is None:
-        # Allocated from the first chunk's records.
-        draws = warmup = record_def = div_index = None
-        warmup_divergences = np.zeros(s.num_chains, np.int64)
-    else:
-        draws, warmup, counters, record_def, div_index = resumed
-        warmup_divergences = np.asarray(counters["warmup_divergences"], np.int64)
-
+    store = resumed
     mesh = run.mesh
     sampler = place_on_mesh(run.sampler, mesh, False)
     key_data = place_on_mesh(run.key_data, mesh, True)
     step = start
-    progress = progress_meter(progress_bar, run.total, step, num_warmup)
+    progress = progress_meter(progress_bar, run.total, step, s.num_warmup)
     fingerprint = (
         checkpoint_file.model_fingerprint(model) if checkpoint is not None else None
     )
+    blas = contextlib.ExitStack()
     try:
+        blas.enter_context(limited_blas_threads(run.blas_threads, mesh))
         while step < run.total:
             n = min(run.chunk, run.total - step)
             flags = place_on_mesh(run.chunk_flags(step, n), mesh, False)
@@ -227,30 +224,15 @@ def run_loop(
                 **run.advance_kwargs(),
             )
             host_records = to_host(records)
-            host, record_def = jtu.tree_flatten(host_records)
-            if draws is None:
-                draws = empty_like_records(host, num_samples)
-                if s.save_warmup:
-                    warmup = empty_like_records(host, num_warmup)
-                div_index = leaf_index(host, host_records.info.is_divergent)
-            # Iterations step .. step + n - 1: warm-up first, then draws.
-            n_warm = max(0, min(num_warmup - step, n))
-            if n_warm > 0:
-                warmup_divergences += host[div_index][:, :n_warm].sum(axis=1)
-                if warmup is not None:
-                    for dst, src in zip(warmup, host):
-                        dst[:, step : step + n_warm] = src[:, :n_warm]
-            if n > n_warm:
-                lo = step + n_warm - num_warmup
-                for dst, src in zip(draws, host):
-                    dst[:, lo : lo + n - n_warm] = src[:, n_warm:n]
+            if store is None:
+                store = run.host_draws(host_records)
+            store.add(step, n, jtu.tree_leaves(host_records))
             step += n
-            filled = max(0, step - num_warmup)
             progress.update(
                 step - n,
                 n,
-                int(warmup_divergences.sum()),
-                int(draws[div_index][:, :filled].sum()),
+                int(store.warmup_divergences.sum()),
+                int(store.divergences.sum()),
                 to_host(carry.adaptation.step_size),
             )
             if checkpoint is not None:
@@ -265,9 +247,7 @@ def run_loop(
                     structure,
                     fingerprint,
                     step,
-                    draws,
-                    warmup,
-                    dict(warmup_divergences=warmup_divergences.tolist()),
+                    store,
                 )
         if checkpoint is not None:
             # Only process 0 writes: the others wait for its last checkpoint, so that
@@ -275,16 +255,10 @@ def run_loop(
             # that follows reads the same file everywhere).
             wait_for_every_process("lapsample checkpoint written")
     finally:
+        blas.close()
         progress.close()
 
-    return _results(run, carry, record_def, draws, warmup, warmup_divergences)
-
-
-def leaf_index(leaves, target) -> int:
-    for i, leaf in enumerate(leaves):
-        if leaf is target:
-            return i
-    raise AssertionError("record leaf not found")  # pragma: no cover
+    return _results(run, carry, store)
 
 
 def _stats(record, sampler: Sampler) -> dict[str, np.ndarray]:
@@ -309,11 +283,9 @@ def _stats(record, sampler: Sampler) -> dict[str, np.ndarray]:
     )
 
 
-def _results(
-    run, carry, record_def, draws, warmup, warmup_divergences
-) -> SampleResults:
+def _results(run, carry, store: HostDraws) -> SampleResults:
     s = run.settings
-    records = jtu.tree_unflatten(record_def, draws)
+    records = store.records()
     host_carry = to_host(carry)
     adaptation = host_carry.adaptation
     inverse_mass = adaptation.inverse_mass_matrix
@@ -324,8 +296,8 @@ def _results(
         if base.ndim == 0:
             base = np.full((size,), base)
         inverse_mass = np.broadcast_to(base, (s.num_chains, *base.shape)).copy()
-    if warmup is not None:
-        warm = jtu.tree_unflatten(record_def, warmup)
+    if store.warmup is not None:
+        warm = store.records(warmup=True)
         warmup_phi = warm.position
         warmup_stats = _stats(warm, run.sampler)
     else:
@@ -341,7 +313,7 @@ def _results(
         inverse_mass_matrix=None if inverse_mass is None else np.asarray(inverse_mass),
         final_state=host_carry.state,
         num_warmup=s.num_warmup,
-        num_warmup_divergences=np.asarray(warmup_divergences),
+        num_warmup_divergences=store.warmup_divergences.copy(),
         sampler=run.sampler,
     )
 
@@ -351,21 +323,19 @@ def _results(
 # --------------------------------------------------------------------------------
 
 
-def _write_checkpoint(
-    path, run, carry, positions, structure, fingerprint, step, draws, warmup, counters
-):
+def _write_checkpoint(path, run, carry, positions, structure, fingerprint, step, store):
     s = run.settings
     num_warmup = s.num_warmup
-    filled = max(0, step - num_warmup)
+    filled = store.touched(step)
     arrays = {"key_data": run.key_data}
     for i, leaf in enumerate(jtu.tree_leaves(carry)):
         arrays[f"carry/{i}"] = np.asarray(leaf)
     for i, leaf in enumerate(jtu.tree_leaves(positions)):
         arrays[f"positions/{i}"] = np.asarray(leaf)
-    for i, leaf in enumerate(draws):
+    for i, leaf in enumerate(store.draws):
         arrays[f"draws/{i}"] = leaf[:, :filled]
-    if warmup is not None:
-        for i, leaf in enumerate(warmup):
+    if store.warmup is not None:
+        for i, leaf in enumerate(store.warmup):
             arrays[f"warmup/{i}"] = leaf[:, : min(step, num_warmup)]
     header = dict(
         settings=s.to_header(),
@@ -373,7 +343,7 @@ def _write_checkpoint(
         structure=structure,
         fingerprint=fingerprint,
         step=step,
-        counters=counters,
+        counters=store.counters(),
         complete=step >= run.total,
     )
     checkpoint_file.write(path, header, arrays)

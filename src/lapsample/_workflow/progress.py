@@ -4,6 +4,8 @@ does nothing and one that draws a tqdm bar, chosen once when a run starts."""
 import abc
 import os
 import sys
+import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -39,12 +41,55 @@ class NoProgressMeter(AbstractProgressMeter):
         pass
 
 
-class TqdmProgressMeter(AbstractProgressMeter):
-    """A tqdm bar on standard error: the phase (warm-up or sampling), divergences
-    and the mean step size."""
+class Throughput:
+    """Iterations per second and the time left, counted from the end of the first
+    chunk: that chunk includes the compilation, which can take far longer than the
+    sampling (a rate that counted it would predict minutes for a run that needs
+    seconds). `record(done)` after every chunk, with the iterations done so far."""
 
-    def __init__(self, tqdm, total: int, initial: int, num_warmup: int):
+    def __init__(
+        self, total: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.total = total
+        self.clock = clock
+        self.origin: tuple[float, int] | None = None
+        self.done = 0
+        self.rate: float | None = None
+
+    def record(self, done: int) -> None:
+        now = self.clock()
+        self.done = done
+        if self.origin is None:
+            self.origin = (now, done)
+            return
+        start, done_then = self.origin
+        if now > start and done > done_then:
+            self.rate = (done - done_then) / (now - start)
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left at the current rate; `None` before the second chunk."""
+        if self.rate is None:
+            return None
+        return (self.total - self.done) / self.rate
+
+
+class TqdmProgressMeter(AbstractProgressMeter):
+    """A tqdm bar on standard error: the phase (warm-up or sampling), the time
+    left and the speed (both without the compilation, see `Throughput`),
+    divergences and the mean step size."""
+
+    def __init__(
+        self,
+        tqdm,
+        total: int,
+        initial: int,
+        num_warmup: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.num_warmup = num_warmup
+        self.format_interval = tqdm.format_interval
+        self.throughput = Throughput(total, clock)
         try:
             width, height = os.get_terminal_size(sys.stderr.fileno())
         except (AttributeError, OSError, ValueError):
@@ -61,21 +106,37 @@ class TqdmProgressMeter(AbstractProgressMeter):
             dynamic_ncols=sized,
             ncols=None if sized else 100,
             nrows=None if sized else 20,
+            # tqdm's own time left and rate would count the compilation.
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
+        self.bar.set_postfix_str("eta ?", refresh=False)
 
     def _phase(self, step: int) -> str:
         return "warmup" if step < self.num_warmup else "sampling"
 
     def update(self, step, n, warmup_divergences, divergences, step_size):
         self.bar.set_description(self._phase(step + n), refresh=False)
-        self.bar.set_postfix(
-            divergences=int(
-                divergences if step + n > self.num_warmup else warmup_divergences
+        self.throughput.record(step + n)
+        self.bar.set_postfix_str(
+            self.postfix(
+                divergences if step + n > self.num_warmup else warmup_divergences,
+                step_size,
             ),
-            step_size=f"{float(np.mean(step_size)):.3g}",
             refresh=False,
         )
         self.bar.update(n)
+
+    def postfix(self, divergences: int, step_size: np.ndarray) -> str:
+        left = self.throughput.remaining
+        rate = self.throughput.rate
+        return ", ".join(
+            [
+                "eta " + ("?" if left is None else self.format_interval(left)),
+                "? it/s" if rate is None else f"{rate:.3g} it/s",
+                f"divergences={int(divergences)}",
+                f"step_size={float(np.mean(step_size)):.3g}",
+            ]
+        )
 
     def close(self):
         self.bar.close()

@@ -19,7 +19,7 @@ from . import checkpoint as checkpoint_file
 from .chains import evaluate_chains
 from .devices import place_on_mesh, to_host
 from .driver import chain_keys, writing_checkpoint
-from .loop import check_leaves, empty_like_records, leaf_index, Run, run_loop
+from .loop import check_leaves, Run, run_loop
 from .settings import (
     as_sampler,
     inverse_mass_array,
@@ -28,6 +28,7 @@ from .settings import (
     unwrap_numpyro,
     with_postprocess,
 )
+from .threads import check_blas_threads
 
 
 def resume(
@@ -36,6 +37,7 @@ def resume(
     *,
     num_samples: int | None = None,
     progress_bar: bool = True,
+    blas_threads: int | None = None,
 ) -> SampleResults:
     """Continue a run of [`lapsample.sample`][] from its checkpoint file, or extend a
     finished one with more draws.
@@ -69,7 +71,7 @@ def resume(
     - `num_samples`: the total number of draws per chain (default: the checkpoint's).
       A larger value extends the run; it cannot be smaller than the draws already
       in the file.
-    - `progress_bar`: as for [`lapsample.sample`][].
+    - `progress_bar`, `blas_threads`: as for [`lapsample.sample`][].
 
     **Returns:**
 
@@ -84,6 +86,7 @@ def resume(
     """
     model, _, numpyro_model = unwrap_numpyro(model, None, need_position=False)
     check_bool("progress_bar", progress_bar)
+    blas_threads = check_blas_threads(blas_threads)
     path = os.fspath(checkpoint)
     header, arrays = checkpoint_file.read(path)
     try:
@@ -131,7 +134,7 @@ def resume(
         sampler = resolve_inverse_mass(
             as_sampler(model), jtu.tree_map(lambda x: x[0], positions)
         )
-        run = Run(sampler, settings, arrays["key_data"], key_impl)
+        run = Run(sampler, settings, arrays["key_data"], key_impl, blas_threads)
         carry_template = run.setup_shape(positions)
         carry_leaves = entries("carry")
         template_leaves, carry_def = jtu.tree_flatten(carry_template)
@@ -140,27 +143,19 @@ def resume(
         check_same_model(path, run, carry.state)
         carry = place_on_mesh(jtu.tree_map(jnp.asarray, carry), run.mesh, True)
 
-        template = run.records_shape(carry_template)
-        template_leaves, record_def = jtu.tree_flatten(template)
-        div_index = leaf_index(template_leaves, template.info.is_divergent)
-        draws = empty_like_records(template_leaves, settings.num_samples)
-        saved = entries("draws")
-        check_leaves(path, "draws", draws, saved, axis=1)
-        for dst, src in zip(draws, saved):
-            dst[:, :filled] = src
-        warmup = None
-        if settings.save_warmup:
-            warmup = empty_like_records(template_leaves, settings.num_warmup)
-            saved = entries("warmup")
-            check_leaves(path, "warm-up draws", warmup, saved, axis=1)
-            for dst, src in zip(warmup, saved):
-                dst[:, : src.shape[1]] = src
+        store = run.host_draws(run.records_shape(carry_template))
+        saved_draws = entries("draws")
+        check_leaves(path, "draws", store.draws, saved_draws, axis=1)
+        saved_warmup = entries("warmup") if settings.save_warmup else None
+        if saved_warmup is not None:
+            check_leaves(path, "warm-up draws", store.warmup, saved_warmup, axis=1)
+        store.restore(saved_draws, saved_warmup, counters)
         results = run_loop(
             run,
             carry,
             positions,
             start=step,
-            resumed=(draws, warmup, counters, record_def, div_index),
+            resumed=store,
             progress_bar=progress_bar,
             checkpoint=path,
             structure=structure,
@@ -245,6 +240,7 @@ def continue_run(
     chain_method: str | None = None,
     chunk_size: int | None = None,
     progress_bar: bool = True,
+    blas_threads: int | None = None,
 ) -> SampleResults:
     """Draw `num_samples` more per chain after a finished run of
     [`lapsample.sample`][], without another warm-up (NumPyro's
@@ -279,8 +275,14 @@ def continue_run(
     - `results`: the [`lapsample.SampleResults`][] of `sample`, `resume` or
       `continue_run`.
     - `num_samples`: how many more draws per chain (at least 1).
-    - `chain_method`, `chunk_size`, `progress_bar`: as for [`lapsample.sample`][]
-      (`chunk_size` counts the new draws: default about 1/50 of them).
+    - `chain_method`, `chunk_size`, `progress_bar`, `blas_threads`: as for
+      [`lapsample.sample`][] (`chunk_size` counts the new draws: default about 1/50
+      of them).
+
+    A run made with `thinning=k` continues unthinned (every new transition is
+    kept) and its iteration count is that of the kept draws, so its continuation
+    is a valid one but not that of one longer thinned run; use `resume(path,
+    model, num_samples=...)` on its checkpoint for that.
 
     **Returns:**
 
@@ -295,6 +297,7 @@ def continue_run(
         )
     num_samples = check_int("num_samples", num_samples, 1)
     check_bool("progress_bar", progress_bar)
+    blas_threads = check_blas_threads(blas_threads)
     done = results.num_samples
     imm = results.inverse_mass_matrix
     base = inverse_mass_array(results.sampler)
@@ -325,7 +328,7 @@ def continue_run(
         model_is_marginal=True,
     )
     _, key_data, key_impl = chain_keys(key, settings.num_chains)
-    run = Run(results.sampler, settings, key_data, key_impl)
+    run = Run(results.sampler, settings, key_data, key_impl, blas_threads)
     template = run.setup_shape(positions)
     # The warm-up's own state (dual averaging, window variances) is no longer read
     # after warm-up: zeros of the right shapes stand in for it.

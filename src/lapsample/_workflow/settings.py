@@ -159,6 +159,7 @@ class RunSettings(eqx.Module):
     chain_method: str
     chunk_size: int
     model_is_marginal: bool
+    thinning: int = 1
 
     @property
     def total(self) -> int:
@@ -174,8 +175,14 @@ class RunSettings(eqx.Module):
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> "RunSettings":
         """Raises `KeyError` for a missing field and `TypeError` for a header that
-        is not a mapping (the checkpoint reader turns both into its own error)."""
-        return cls(**{f.name: header[f.name] for f in dataclasses.fields(cls)})
+        is not a mapping (the checkpoint reader turns both into its own error).
+        A field with a default may be missing (a checkpoint from before it)."""
+        fields = dataclasses.fields(cls)
+        missing = dataclasses.MISSING
+        return cls(
+            **{f.name: header[f.name] for f in fields if f.default is missing}
+            | {f.name: header[f.name] for f in fields if f.name in header}
+        )
 
     @classmethod
     def from_arguments(
@@ -196,11 +203,18 @@ class RunSettings(eqx.Module):
         chain_method,
         chunk_size,
         model_is_marginal: bool,
+        thinning=1,
     ) -> "RunSettings":
         """Validate the arguments of `sample` and fill in the defaults, before
         anything compiles; each error names the argument and the fix."""
         num_warmup = check_int("num_warmup", num_warmup, 0)
         num_samples = check_int("num_samples", num_samples, 1)
+        thinning = check_int("thinning", thinning, 1)
+        if thinning > num_samples:
+            raise ValueError(
+                f"`thinning={thinning}` is more than `num_samples={num_samples}`: no "
+                "draw would be kept. Lower `thinning` or raise `num_samples`."
+            )
         for name, value in (
             ("chain_axis", chain_axis),
             ("sample_theta", sample_theta),
@@ -282,4 +296,5 @@ class RunSettings(eqx.Module):
             chain_method=chain_method,
             chunk_size=chunk_size,
             model_is_marginal=model_is_marginal,
+            thinning=thinning,
         )

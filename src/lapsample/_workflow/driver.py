@@ -12,6 +12,7 @@ from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
 from .._laplace_check import laplace_check as run_laplace_check
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
+from .._marginal.laplace import resolve_hessian
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler
@@ -256,7 +257,10 @@ def sample(
     )
     first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
     if has_latent:
-        # Clear errors for a model that fails at the start, before any compilation.
+        # The default Hessian strategy picks itself here, once, before compiling;
+        # then clear errors for a model that fails at the start.
+        marginal = resolve_hessian(sampler.marginal, first)
+        sampler = eqx.tree_at(lambda s: s.marginal, sampler, marginal)
         sampler.marginal.check(first)
 
     key_impl = str(jr.key_impl(key))
@@ -343,8 +347,6 @@ def resume(
             "passed to `resume` differs in its structure, array shapes or dtypes, or "
             "data. Pass the same model that was given to `sample`."
         )
-    sampler = as_sampler(model)
-    run = Run(sampler, settings, arrays["key_data"], key_impl)
 
     def entries(prefix):
         names = sorted(
@@ -354,6 +356,12 @@ def resume(
         return [arrays[n] for n in names]
 
     positions = checkpoint_file.decode_structure(structure, entries("positions"))
+    sampler = as_sampler(model)
+    # The Hessian detection again, at the first chain's start (as `sample` did).
+    first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+    marginal = resolve_hessian(sampler.marginal, first)
+    sampler = eqx.tree_at(lambda s: s.marginal, sampler, marginal)
+    run = Run(sampler, settings, arrays["key_data"], key_impl)
     carry_template = run.setup_shape(positions)
     carry_leaves = entries("carry")
     template_leaves, carry_def = jtu.tree_flatten(carry_template)

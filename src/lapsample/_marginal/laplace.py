@@ -81,7 +81,8 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     banded, else dense); it logs the choice (logger `"lapsample"`, level INFO), the
     resolved marginal's repr shows it (`hessian_reason`), and so does
     `SampleResults.summary()`. The detection costs one compiled batch of about 100
-    Hessian-vector products (0.1–1 s, mostly compilation). It reads the sparsity
+    Hessian-vector products (about 2 CPU-seconds for `d = 300`, nearly all of it
+    compilation; `docs/choosing-components.md` has the measurements). It reads the sparsity
     pattern near `theta_init`, so a coupling that appears only elsewhere is
     missed; the structured strategies check their structure at every mode, so that
     case is `RESULTS.structure_violated`, never a wrong value: pass
@@ -199,8 +200,9 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
 
         - `phi`: a concrete value of the hyperparameters.
         """
-        if isinstance(self.hessian, AutoHessian):
-            self.with_hessian_for(phi).check(phi)
+        resolved = self.with_hessian_for(phi)
+        if resolved is not self:
+            resolved.check(phi)
             return
         self._check_inputs(phi)
         fn = _NegativeLogJoint(self.log_joint, self.raveller)

@@ -82,15 +82,16 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     resolved marginal's repr shows it (`hessian_reason`), and so does
     `SampleResults.summary()`. The detection costs one compiled batch of about 100
     Hessian-vector products (about 2 CPU-seconds for `d = 300`, nearly all of it
-    compilation; `docs/choosing-components.md` has the measurements). It reads the sparsity
-    pattern near `theta_init`, so a coupling that appears only elsewhere is
-    missed; the structured strategies check their structure at every mode, so that
-    case is `RESULTS.structure_violated`, never a wrong value: pass
-    `hessian=lapsample.DenseHessian()` (or a wider band) then. Evaluated under your
-    own `jax.jit` without a concrete `phi`, the default is exactly `DenseHessian()`
-    and logs a warning saying how to make the detection run. A dense Hessian with
-    large `d` (over ~1 s per value and gradient or 1 GiB of temporaries, `d` ≳
-    2,700) warns `lapsample.LargeDenseHessianWarning` before compiling.
+    compilation; `docs/choosing-components.md` has the measurements). It reads
+    the sparsity pattern near `theta_init`, so a coupling that appears only
+    elsewhere is missed; the structured strategies check their structure at every
+    mode, so that case is `RESULTS.structure_violated`, never a wrong value: pass
+    `hessian=lapsample.DenseHessian()` (or a wider band) then. Evaluated under
+    your own `jax.jit` without a concrete `phi`, the default is exactly
+    `DenseHessian()` and logs a warning saying how to make the detection run. A
+    dense Hessian with large `d` (over ~1 s per value and gradient or 1 GiB of
+    temporaries, `d` ≳ 2,700) warns `lapsample.LargeDenseHessianWarning` before
+    compiling.
 
     !!! info
 

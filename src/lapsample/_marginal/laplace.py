@@ -146,7 +146,7 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
                 f"it out (got {type(self.hessian_reason).__name__})."
             )
         size = sum(int(np.size(x)) for x in jtu.tree_leaves(self.theta_init))
-        warn_if_dense_is_large(self.hessian, size, stacklevel=4)
+        warn_if_dense_is_large(self.hessian, size, stacklevel=3)
 
     def with_hessian_for(self, phi: PyTree[ArrayLike]) -> "LaplaceMarginal":
         """This marginal with its [`lapsample.AutoHessian`][] resolved at `phi`: the

@@ -69,6 +69,20 @@ def test_detects_the_structure(name, capsys):
     assert repr(found.strategy) in capsys.readouterr().out
 
 
+def test_diagonal_hessian_has_blocks_of_one():
+    # Issue 22: a diagonal Hessian was reported with block_size=2.
+    log_joint, d, phi, _, _ = CASES["diagonal-seed"]
+    found = lapsample.detect_hessian(log_joint, jnp.zeros(d), phi, verbose=False)
+    assert found.strategy == lapsample.DiagonalHessian()
+    assert (found.bandwidth, found.block_size) == (0, 1)
+    # Blocks of 3 stay blocks of 3.
+    log_joint, d, phi, _, _ = CASES["blocks-of-3"]
+    found = lapsample.detect_hessian(
+        log_joint, jnp.zeros(d), phi, max_size=8, verbose=False
+    )
+    assert found.block_size == 3
+
+
 def test_detected_strategy_gives_the_dense_marginal():
     log_joint, d, phi, _, _ = CASES["tridiagonal-sv"]
     found = lapsample.detect_hessian(log_joint, jnp.zeros(d), phi, verbose=False)

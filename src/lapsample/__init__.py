@@ -21,6 +21,10 @@ from ._factor import (
     AbstractStructuredFactor as AbstractStructuredFactor,
 )
 from ._hamiltonian import Hamiltonian as Hamiltonian
+from ._hessian.auto import (
+    AutoHessian as AutoHessian,
+    LargeDenseHessianWarning as LargeDenseHessianWarning,
+)
 from ._hessian.banded import BandedHessian as BandedHessian
 from ._hessian.base import (
     AbstractHessianStrategy as AbstractHessianStrategy,

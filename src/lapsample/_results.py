@@ -38,7 +38,8 @@ with warnings.catch_warnings():
             "diagonal), so its factor would be wrong. Use a wider "
             "`BandedHessian(bandwidth=...)` or larger "
             "`BlockDiagonalHessian(block_size=...)`, order the flattened `theta` so "
-            "that coupled latents are neighbours, or use `DenseHessian()`."
+            "that coupled latents are neighbours, or pass "
+            "`hessian=lapsample.DenseHessian()`."
         )
         prior_not_positive_definite = (
             "The prior covariance `K(phi)` of the latent-Gaussian marginal is not "
@@ -90,8 +91,9 @@ _FIXES = {
     "structure_violated": (
         "The Hessian in `theta` has curvature outside the structure that the "
         "Hessian strategy assumes: use a wider `BandedHessian(bandwidth=...)`, "
-        "larger `BlockDiagonalHessian(block_size=...)`, reorder `theta`, or use "
-        "`DenseHessian()` (`lapsample.detect_hessian` finds the structure)."
+        "larger `BlockDiagonalHessian(block_size=...)`, reorder `theta`, or pass "
+        "`hessian=lapsample.DenseHessian()` (the default `AutoHessian` reads the "
+        "structure near `theta_init` only)."
     ),
     "prior_not_positive_definite": (
         "Add a jitter to the diagonal of `K` (e.g. `K + 1e-6 * jnp.eye(n)`), check "

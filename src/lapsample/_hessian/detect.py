@@ -26,7 +26,8 @@ class HessianDetection(eqx.Module):
     - `bandwidth`: the largest `|i − j|` with `A[i, j] ≠ 0` seen at any point, or
       `None` when it exceeds `max_size` (the Hessian was then not read).
     - `block_size`: the smallest block size (a divisor of `d` up to `max_size`)
-      whose diagonal blocks hold every non-zero seen, or `None`.
+      whose diagonal blocks hold every non-zero seen (1 for a diagonal Hessian),
+      or `None`.
     - `reason`: one sentence saying what was seen and why this strategy.
     """
 
@@ -59,6 +60,22 @@ def _band_of(fn, theta, phi, width: int, key):
     # are refused here.
     agrees = structure_agrees(hz, bz, scale) & jnp.all(jnp.isfinite(hz))
     return band, agrees
+
+
+class _NegativeFlat(eqx.Module):
+    """`(theta_flat, phi) -> -log_joint(unravel(theta_flat), phi)`; a Module, so
+    that a second detection on the same model reuses the compiled reading."""
+
+    log_joint: Callable
+    raveller: TreeRaveller
+
+    def __call__(self, theta_flat, phi):
+        return -self.log_joint(self.raveller.unravel(theta_flat), phi)
+
+
+@eqx.filter_jit
+def _read(fn, points, probe_keys, phi, width: int):
+    return jax.vmap(lambda t, k: _band_of(fn, t, phi, width, k))(points, probe_keys)
 
 
 def detect_hessian(
@@ -134,9 +151,7 @@ def detect_hessian(
     d = theta0.shape[0]
     width = min(max_size, max(d - 1, 0))
 
-    def fn(t, p):
-        return -log_joint(raveller.unravel(t), p)
-
+    fn = _NegativeFlat(log_joint, raveller)
     point_key, probe_key = jr.split(key)
     noise = jr.normal(point_key, (num_points - 1, d), theta0.dtype)
     points = jnp.concatenate(
@@ -144,11 +159,7 @@ def detect_hessian(
     )
     probe_keys = jr.split(probe_key, num_points)
 
-    @eqx.filter_jit
-    def read(points, probe_keys):
-        return jax.vmap(lambda t, k: _band_of(fn, t, phi, width, k))(points, probe_keys)
-
-    bands, agrees = read(points, probe_keys)
+    bands, agrees = _read(fn, points, probe_keys, phi, width)
     bands = np.asarray(bands)
     if not (np.all(np.asarray(agrees)) and np.all(np.isfinite(bands))):
         reason = (
@@ -185,7 +196,8 @@ def detect_hessian(
 def _smallest_block(nonzero, offsets, d: int, max_size: int) -> int | None:
     rows = np.arange(d)[None, :]
     cols = rows + offsets[:, None]
-    for k in range(2, max_size + 1):
+    # From 1: a diagonal pattern is blocks of one latent.
+    for k in range(1, max_size + 1):
         if d % k:
             continue
         if not np.any(nonzero & (rows // k != cols // k)):

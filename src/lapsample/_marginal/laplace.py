@@ -11,6 +11,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, PyTree
 
+from .._hessian.auto import AutoHessian, warn_if_dense_is_large
 from .._hessian.base import (
     AbstractHessianStrategy,
     AbstractStructuredHessian,
@@ -18,7 +19,6 @@ from .._hessian.base import (
     quadratic_form,
     second_directional,
 )
-from .._hessian.dense import DenseHessian
 from .._inner import AbstractInnerSolver, Newton
 from .._misc import TreeRaveller
 from .._results import failure_fix, RESULTS
@@ -26,6 +26,7 @@ from .._validate import check_float_tree, nonfinite_report, warn_if_low_precisio
 from .ad import laplace_log_marginal
 from .base import (
     AbstractLaplaceMarginal,
+    AbstractMarginal,
     LaplaceConditional,
     MarginalAux,
     result_at,
@@ -72,6 +73,26 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     gives `log_density = -inf`, a zero gradient and the code in `aux.result`, so one
     bad point never stops a batch of chains.
 
+    **The Hessian strategy picks itself** unless `hessian=` is given: the default
+    [`lapsample.AutoHessian`][] runs [`lapsample.detect_hessian`][] once, at
+    `theta_init` and the first concrete `phi` it sees ([`lapsample.sample`][],
+    `check`, `with_hessian_for`), before anything is compiled, and uses the
+    cheapest strategy whose structure holds there (diagonal, block diagonal,
+    banded, else dense); it logs the choice (logger `"lapsample"`, level INFO), the
+    resolved marginal's repr shows it (`hessian_reason`), and so does
+    `SampleResults.summary()`. The detection costs one compiled batch of about 100
+    Hessian-vector products (about 2 CPU-seconds for `d = 300`, nearly all of it
+    compilation; `docs/choosing-components.md` has the measurements). It reads
+    the sparsity pattern near `theta_init`, so a coupling that appears only
+    elsewhere is missed; the structured strategies check their structure at every
+    mode, so that case is `RESULTS.structure_violated`, never a wrong value: pass
+    `hessian=lapsample.DenseHessian()` (or a wider band) then. Evaluated under
+    your own `jax.jit` without a concrete `phi`, the default is exactly
+    `DenseHessian()` and logs a warning saying how to make the detection run. A
+    dense Hessian with large `d` (over ~1 s per value and gradient or 1 GiB of
+    temporaries, `d` ≳ 2,700) warns `lapsample.LargeDenseHessianWarning` before
+    compiling.
+
     !!! info
 
         The custom VJP supports reverse mode (`jax.grad`, `jax.value_and_grad`);
@@ -97,7 +118,9 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     # Annotated loosely so that `__check_init__` gives the error message.
     theta_init: PyTree[Any]
     inner_solver: AbstractInnerSolver = Newton()
-    hessian: AbstractHessianStrategy = DenseHessian()
+    hessian: AbstractHessianStrategy = AutoHessian()
+    # Static: a description, not data (it names the strategy that was chosen).
+    hessian_reason: str | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         if not callable(self.log_joint):
@@ -117,6 +140,48 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
                 "`hessian` must be an `lapsample.AbstractHessianStrategy` such as "
                 f"`lapsample.DenseHessian()`, got {type(self.hessian).__name__}."
             )
+        if not (self.hessian_reason is None or isinstance(self.hessian_reason, str)):
+            raise TypeError(
+                "`hessian_reason` is a description set by `with_hessian_for`; leave "
+                f"it out (got {type(self.hessian_reason).__name__})."
+            )
+        size = sum(int(np.size(x)) for x in jtu.tree_leaves(self.theta_init))
+        warn_if_dense_is_large(self.hessian, size, stacklevel=3)
+
+    def with_hessian_for(self, phi: PyTree[ArrayLike]) -> "LaplaceMarginal":
+        """This marginal with its [`lapsample.AutoHessian`][] resolved at `phi`: the
+        Hessian strategy that [`lapsample.detect_hessian`][] finds at
+        `(theta_init, phi)`, with the reason in `hessian_reason`.
+
+        ```python
+        marginal = lapsample.LaplaceMarginal(log_joint, theta_init)
+        marginal = marginal.with_hessian_for(phi_init)  # e.g. DiagonalHessian()
+        jax.jit(jax.value_and_grad(marginal, has_aux=True))(phi)
+        ```
+
+        [`lapsample.sample`][] does this itself; call it to evaluate the marginal
+        yourself under `jax.jit`. A marginal whose `hessian` was given is returned
+        as it is; so is one called with a `phi` that is not concrete (a tracer),
+        whose `AutoHessian` then evaluates as `DenseHessian()`.
+
+        **Arguments:**
+
+        - `phi`: a concrete value of the hyperparameters (e.g. the starting point).
+
+        **Returns:**
+
+        A `LaplaceMarginal`. Warns (`lapsample.LargeDenseHessianWarning`) when the
+        detection picks a dense Hessian and `d` is large.
+        """
+        if not isinstance(self.hessian, AutoHessian):
+            return self
+        if any(isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves(phi)):
+            return self
+        self._check_inputs(phi)
+        strategy, reason = self.hessian.choose(self.log_joint, self.theta_init, phi)
+        return LaplaceMarginal(
+            self.log_joint, self.theta_init, self.inner_solver, strategy, reason
+        )
 
     def check(self, phi: PyTree[ArrayLike]) -> None:
         """Check that `log_joint` works at `(theta_init, phi)`, before any compilation.
@@ -124,15 +189,31 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
         Raises `TypeError`/`ValueError` with a message that names the problem and
         the fix: integer inputs; `theta_init` or `phi` with a structure or shapes that
         `log_joint` does not accept; an output that is not a floating scalar; a
-        non-finite value or gradient at the starting point. Warns (`UserWarning`)
-        when `phi` is float32 (as the constructor does for `theta_init`): Laplace
-        marginals need float64. [`lapsample.sample`][] calls this on its initial
-        position.
+        non-finite value or gradient at the starting point; a structured Hessian
+        strategy whose structure does not hold at `theta_init`. Warns
+        (`UserWarning`) when `phi` is float32 (as the constructor does for
+        `theta_init`): Laplace marginals need float64. [`lapsample.sample`][] calls
+        this on its initial position. With the default
+        [`lapsample.AutoHessian`][], it checks with the strategy that the detection
+        picks at `phi` (see `with_hessian_for`).
 
         **Arguments:**
 
         - `phi`: a concrete value of the hyperparameters.
         """
+        resolved = self.with_hessian_for(phi)
+        if resolved is not self:
+            resolved.check(phi)
+            return
+        self._check_inputs(phi)
+        fn = _NegativeLogJoint(self.log_joint, self.raveller)
+        theta0 = self.raveller.ravel(self.theta_init)
+        phi = jtu.tree_map(jnp.asarray, phi)
+        if isinstance(self.hessian, AbstractStructuredHessian):
+            self.hessian.check_structure(fn, theta0, phi)
+        self._check_concavity(fn, theta0, phi)
+
+    def _check_inputs(self, phi) -> None:
         check_float_tree(phi, "phi", "`jnp.array(0.0)`")
         warn_if_low_precision(phi, "`phi`")
         try:
@@ -194,12 +275,6 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
                     f"not: {report}. Check the model for operations with infinite "
                     "slope there (sqrt(0), log near 0, abs)."
                 )
-        fn = _NegativeLogJoint(self.log_joint, self.raveller)
-        theta0 = self.raveller.ravel(self.theta_init)
-        phi = jtu.tree_map(jnp.asarray, phi)
-        if isinstance(self.hessian, AbstractStructuredHessian):
-            self.hessian.check_structure(fn, theta0, phi)
-        self._check_concavity(fn, theta0, phi)
 
     def _check_concavity(self, fn, theta0, phi) -> None:
         # Two second directional derivatives of the negative log joint at
@@ -291,6 +366,14 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
         )
 
 
+def resolve_hessian(marginal: AbstractMarginal, phi: PyTree[ArrayLike]):
+    """`marginal.with_hessian_for(phi)` for a `LaplaceMarginal`, any other marginal
+    as it is: what the drivers call before compiling."""
+    if isinstance(marginal, LaplaceMarginal):
+        return marginal.with_hessian_for(phi)
+    return marginal
+
+
 LaplaceMarginal.__init__.__doc__ = """**Arguments:**
 
 - `log_joint`: `log_joint(theta, phi) -> scalar`, the log joint density
@@ -303,5 +386,11 @@ LaplaceMarginal.__init__.__doc__ = """**Arguments:**
 - `inner_solver`: an [`lapsample.AbstractInnerSolver`][]; default
     [`lapsample.Newton`][].
 - `hessian`: an [`lapsample.AbstractHessianStrategy`][]; default
-    [`lapsample.DenseHessian`][].
+    [`lapsample.AutoHessian`][], which picks the cheapest of
+    [`lapsample.DiagonalHessian`][], [`lapsample.BlockDiagonalHessian`][],
+    [`lapsample.BandedHessian`][] and [`lapsample.DenseHessian`][] whose structure
+    holds, once a concrete `phi` is at hand ([`lapsample.sample`][], `check`,
+    `with_hessian_for`): see the class docstring.
+- `hessian_reason`: set by `with_hessian_for` (why the strategy was chosen);
+    leave it out.
 """

@@ -9,6 +9,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from .._marginal.laplace import LaplaceMarginal
 from .._misc import import_arviz
 from .._sampler import Sampler, SamplerState
 from .arviz_groups import pointwise_log_likelihood, posterior_variables
@@ -313,6 +314,10 @@ class SampleResults(eqx.Module):
         Laplace approximation itself is in doubt and lists the usual fixes (more
         inner steps, another inner solver, float64, a Hessian jitter).
 
+        For a [`lapsample.LaplaceMarginal`][], `df.attrs["hessian"]` says which
+        Hessian strategy ran and, when [`lapsample.AutoHessian`][] chose it, why
+        (`print_summary()` prints it).
+
         After `sample(..., laplace_check=True)` the
         [`lapsample.LaplaceCheckResults`][] is in `df.attrs["laplace_check"]`, and a
         "bad" verdict (Pareto k̂ ≥ 0.7 somewhere) is part of the warning.
@@ -332,6 +337,12 @@ class SampleResults(eqx.Module):
         df = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, **kwargs)
         diagnostics = self.diagnostics()
         df.attrs["diagnostics"] = diagnostics
+        marginal = self.sampler.marginal
+        if isinstance(marginal, LaplaceMarginal):
+            # Which Hessian strategy ran, and why when it chose itself.
+            df.attrs["hessian"] = f"hessian: {marginal.hessian}" + (
+                f", {marginal.hessian_reason}" if marginal.hessian_reason else ""
+            )
         problems = []
         divergences = diagnostics["divergences"]
         if divergences.sum() > 0:
@@ -388,5 +399,7 @@ class SampleResults(eqx.Module):
             "step size per chain: "
             + ", ".join(f"{s:.3g}" for s in np.asarray(self.step_size).tolist())
         )
+        if "hessian" in df.attrs:
+            print(df.attrs["hessian"])
         if self.laplace_check is not None:
             print(self.laplace_check.message)

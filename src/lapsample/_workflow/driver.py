@@ -14,6 +14,7 @@ from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
 from .._laplace_check import laplace_check as run_laplace_check
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
+from .._marginal.laplace import resolve_hessian
 from .._misc import insertion_order
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
@@ -305,7 +306,10 @@ def sample(
         first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
         sampler = resolve_inverse_mass(sampler, first)
         if has_latent:
-            # Clear errors for a model that fails at the start, before compiling.
+            # The default Hessian strategy picks itself here, once, before
+            # compiling; then clear errors for a model that fails at the start.
+            marginal = resolve_hessian(sampler.marginal, first)
+            sampler = eqx.tree_at(lambda s: s.marginal, sampler, marginal)
             sampler.marginal.check(first)
 
         jitter_key, key_data, key_impl = chain_keys(key, settings.num_chains)

@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._marginal.base import AbstractMarginal
+from .._marginal.laplace import resolve_hessian
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler, SamplerState
@@ -131,9 +132,11 @@ def resume(
             return [arrays[n] for n in names]
 
         positions = checkpoint_file.decode_structure(structure, entries("positions"))
-        sampler = resolve_inverse_mass(
-            as_sampler(model), jtu.tree_map(lambda x: x[0], positions)
-        )
+        first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
+        sampler = resolve_inverse_mass(as_sampler(model), first)
+        # The Hessian detection again, at the first chain's start (as `sample` did).
+        marginal = resolve_hessian(sampler.marginal, first)
+        sampler = eqx.tree_at(lambda s: s.marginal, sampler, marginal)
         run = Run(sampler, settings, arrays["key_data"], key_impl, blas_threads)
         carry_template = run.setup_shape(positions)
         carry_leaves = entries("carry")

@@ -14,23 +14,15 @@ from .._misc import import_arviz
 from .._sampler import Sampler, SamplerState
 from .arviz_groups import pointwise_log_likelihood, posterior_variables
 from .check_results import LaplaceCheckResults
+from .problems import (
+    LAPLACE_FAILURE_THRESHOLD,
+    laplace_validity_message,
+    tuning_problems,
+)
 
 
 # The R-hat above which `summary` warns (Vehtari et al. 2021).
 RHAT_THRESHOLD = 1.01
-
-# The fraction of transitions (after warm-up) with a failed inner solve above which
-# `summary` warns that the Laplace approximation itself is in doubt. Below it a few
-# failures are ordinary rejections; above it the sampler is confined to where the
-# inner solve succeeds, which truncates the posterior.
-LAPLACE_FAILURE_THRESHOLD = 0.05
-# `summary()` warns when more than this share of transitions hit the maximum tree
-# depth (Stan's diagnostics report any; a few in a long run are harmless).
-TREEDEPTH_THRESHOLD = 0.01
-# Stan's warm-up windows at full size: a 75-iteration initial buffer, a first
-# 25-iteration slow window and a 50-iteration terminal buffer. With fewer warm-up
-# iterations they are scaled down (and below 20 the mass matrix is not adapted).
-FULL_SCHEDULE_WARMUP = 150
 
 # The per-draw statistics of `sample_stats`, in the order ArviZ shows them.
 SAMPLE_STATS = (
@@ -248,59 +240,6 @@ class SampleResults(eqx.Module):
             "warmup_divergences": np.asarray(self.num_warmup_divergences),
         }
 
-    def _tuning_problems(self, diagnostics: dict[str, Any]) -> list[str]:
-        """Max-tree-depth saturation and a warm-up shorter than its schedule."""
-        problems = []
-        hits = np.asarray(diagnostics["max_treedepth_hits"])
-        share = float(hits.sum() / max(1, self.num_chains * self.num_samples))
-        if share > TREEDEPTH_THRESHOLD:
-            problems.append(
-                f"{share:.0%} of the transitions hit the maximum tree depth (per "
-                f"chain: {hits.tolist()}): the trajectories were cut short, so the "
-                "chains explore slowly and the effective sample size is low. Raise "
-                "`max_tree_depth` (e.g. `laplace_nuts(..., max_tree_depth=12)`), "
-                "reparameterise the model (e.g. non-centred), or check the priors "
-                "of phi (a missing or very wide prior gives a flat, long posterior)."
-            )
-        if 0 < self.num_warmup < FULL_SCHEDULE_WARMUP:
-            problems.append(
-                f"`num_warmup={self.num_warmup}` is shorter than the warm-up "
-                f"schedule ({FULL_SCHEDULE_WARMUP} iterations at least: Stan's 75 + "
-                "25 + 50 windows), so its windows were shrunk"
-                + (
-                    " and the mass matrix was not adapted"
-                    if self.num_warmup < 20
-                    else ""
-                )
-                + ": the step size and mass matrix may be poorly tuned (acceptance "
-                "far from `target_accept`). Use `num_warmup` of at least "
-                f"{FULL_SCHEDULE_WARMUP} (the default 1000 is safer)."
-            )
-        return problems
-
-    def _laplace_validity_message(self, failures: np.ndarray, fraction: float) -> str:
-        dtype = np.result_type(*[np.asarray(x) for x in jtu.tree_leaves(self.phi)])
-        precision = (
-            f"The draws are {dtype}: run in float64 with "
-            '`jax.config.update("jax_enable_x64", True)` at the top of the script; '
-            if np.finfo(dtype).bits < 64
-            else ""
-        )
-        return (
-            f"The Laplace approximation may not be valid here: {fraction:.1%} of "
-            f"the transitions after warm-up (per chain: {failures.tolist()}) had a "
-            "failed inner solve (the mode theta* was not found, or the Hessian was "
-            "not positive definite there). Those transitions are rejected, so the "
-            "chains avoid that region of phi and the posterior is truncated there. "
-            "Fixes: give the inner solver more steps (`Newton(max_steps=200)`, or "
-            "`maxiter=` of `laplace_*`); try another inner solver (`Newton()` or "
-            "`BFGS()`/`LBFGS()`); "
-            + precision
-            + "add `jitter=1e-8` to `DenseHessian` if the Hessian is nearly "
-            "singular; and check that the log joint is concave in theta in that "
-            "region (`results.sample_stats['inner_failed']` marks the draws)."
-        )
-
     def summary(self, var_names=None, hdi_prob: float = 0.94, **kwargs):
         """Posterior summary by ArviZ (`arviz.summary`): mean, sd, HDI, MCSE, bulk
         and tail ESS and R-hat of every variable of the posterior.
@@ -354,7 +293,7 @@ class SampleResults(eqx.Module):
         failures = diagnostics["inner_failures"]
         fraction = diagnostics["inner_failure_fraction"]
         if fraction > LAPLACE_FAILURE_THRESHOLD:
-            problems.append(self._laplace_validity_message(failures, fraction))
+            problems.append(laplace_validity_message(self, failures, fraction))
         elif failures.sum() > 0:
             problems.append(
                 f"{int(failures.sum())} transitions with a failed inner solve "
@@ -362,7 +301,7 @@ class SampleResults(eqx.Module):
                 "that the log joint is concave in theta there, or give the inner "
                 "solver more steps."
             )
-        problems.extend(self._tuning_problems(diagnostics))
+        problems.extend(tuning_problems(self, diagnostics))
         if "r_hat" in df.columns:
             rhat = df["r_hat"].to_numpy(dtype=float)
             bad = [

@@ -38,7 +38,9 @@ def _cholesky_factor(matrix: Float[Array, "d d"], jitter) -> CholeskyFactor:
         matrix = matrix + jitter * jnp.eye(d, dtype=matrix.dtype)
     # Symmetrise: AD-built Hessians are symmetric only up to rounding.
     matrix = 0.5 * (matrix + matrix.T)
-    lower = jnp.linalg.cholesky(matrix)
+    # Symmetrised once, here (jnp's own symmetrisation would be a second pass over
+    # the d × d matrix; on a symmetric matrix it changes nothing).
+    lower = jnp.linalg.cholesky(matrix, symmetrize_input=False)
     # A failed factorisation is NaN throughout, and a non-finite entry of the
     # matrix reaches the diagonal of its row (every later pivot subtracts the
     # squares of its row): the diagonal alone tells, in d reads instead of d².

@@ -16,7 +16,7 @@ from ._hessian.base import (
     factorise_and_solve,
 )
 from ._linesearch import backtracking_armijo
-from ._misc import default_tolerance, max_abs, tree_where
+from ._misc import default_tolerance, max_abs
 from ._results import RESULTS
 from ._validate import check_int, check_solver_settings
 
@@ -175,7 +175,10 @@ class Newton(AbstractInnerSolver):
                 acceptable(c.value, c.decrement),
                 self.max_backtracks,
             )
-            theta = c.theta + step * c.direction
+            # A failed line search keeps the last iterate and stops. Only theta is
+            # selected (re-evaluating there gives the same carry): selecting the
+            # whole carry would copy the d × d factor at every iteration.
+            theta = jnp.where(accepted, c.theta + step * c.direction, c.theta)
             value, grad, factor, direction, decrement, ok = evaluate(theta)
             # Rounding has taken over when a full-length step stops shrinking the
             # step: stop there (success is then judged by the decrement). Far
@@ -184,20 +187,17 @@ class Newton(AbstractInnerSolver):
             # acceptable.
             stalled = (step == 1) & (max_abs(direction) > 0.5 * max_abs(c.direction))
             stalled = stalled & acceptable(value, decrement)
-            new = _NewtonCarry(
+            return _NewtonCarry(
                 theta=theta,
                 value=value,
                 grad=grad,
                 factor=factor,
                 direction=direction,
                 decrement=decrement,
-                num_steps=c.num_steps + 1,
-                done=~ok | negligible(theta, direction) | stalled,
+                num_steps=c.num_steps + accepted.astype(c.num_steps.dtype),
+                done=~accepted | ~ok | negligible(theta, direction) | stalled,
                 failed=~ok,
             )
-            # A failed line search keeps the last iterate and stops.
-            stay = eqx.tree_at(lambda x: x.done, c, jnp.array(True))
-            return tree_where(accepted, new, stay)
 
         c = jax.lax.while_loop(cond, body, carry)
         converged = (

@@ -14,6 +14,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
 
 from .._custom_types import FlatFn
 from .._factor import AbstractFactor
+from .._linalg.dense import inverse_lower
 from .._validate import check_nonnegative
 from .base import AbstractHessianStrategy, hvp, quadratic_form, second_directional
 
@@ -37,8 +38,13 @@ def _cholesky_factor(matrix: Float[Array, "d d"], jitter) -> CholeskyFactor:
         matrix = matrix + jitter * jnp.eye(d, dtype=matrix.dtype)
     # Symmetrise: AD-built Hessians are symmetric only up to rounding.
     matrix = 0.5 * (matrix + matrix.T)
-    lower = jnp.linalg.cholesky(matrix)
-    ok = jnp.all(jnp.isfinite(lower))
+    # Symmetrised once, here (jnp's own symmetrisation would be a second pass over
+    # the d × d matrix; on a symmetric matrix it changes nothing).
+    lower = jnp.linalg.cholesky(matrix, symmetrize_input=False)
+    # A failed factorisation is NaN throughout, and a non-finite entry of the
+    # matrix reaches the diagonal of its row (every later pivot subtracts the
+    # squares of its row): the diagonal alone tells, in d reads instead of d².
+    ok = jnp.all(jnp.isfinite(jnp.diagonal(lower)))
     lower = jnp.where(ok, lower, jnp.eye(d, dtype=matrix.dtype))
     return CholeskyFactor(lower=lower, positive_definite=ok)
 
@@ -55,16 +61,12 @@ def _cholesky_sample(factor: CholeskyFactor, key: PRNGKeyArray) -> Array:
 
 
 def _cholesky_surrogate(factor: CholeskyFactor, fn: FlatFn, theta, phi) -> Scalar:
-    # tr(A₀⁻¹ M) = Σ_k c_kᵀ M c_k with c_k the columns of L⁻ᵀ; each term is a
-    # second directional derivative, so M = ∇²_θ fn is never formed here.
-    lower = jax.lax.stop_gradient(factor.lower)
-    d = lower.shape[0]
-    inv_lower_t = jsl.solve_triangular(
-        lower, jnp.eye(d, dtype=lower.dtype), lower=True, trans="T"
-    )
-    terms = jax.vmap(lambda c: second_directional(fn, theta, phi, c), in_axes=1)(
-        inv_lower_t
-    )
+    # tr(A₀⁻¹ M) = Σ_k c_kᵀ M c_k with c_k the columns of L⁻ᵀ, i.e. the rows of
+    # L⁻¹; each term is a second directional derivative, so M = ∇²_θ fn is never
+    # formed here. L⁻¹ by blocked recursion (matrix products) rather than a
+    # triangular solve against the identity.
+    inv_lower = inverse_lower(jax.lax.stop_gradient(factor.lower))
+    terms = jax.vmap(lambda c: second_directional(fn, theta, phi, c))(inv_lower)
     return jnp.sum(terms)
 
 

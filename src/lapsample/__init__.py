@@ -118,7 +118,10 @@ from ._workflow.driver import sample as sample
 from ._workflow.resume import continue_run as continue_run, resume as resume
 
 
-__version__ = importlib.metadata.version("lapsample")
+try:
+    __version__ = importlib.metadata.version("lapsample")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree
+    __version__ = "0+unknown"
 
 
 def _public_module_names() -> None:

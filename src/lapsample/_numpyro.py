@@ -15,8 +15,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, Scalar
 
+from ._hessian.auto import AutoHessian
 from ._hessian.base import AbstractHessianStrategy
-from ._hessian.dense import DenseHessian
 from ._inner import AbstractInnerSolver, Newton
 from ._marginal.laplace import LaplaceMarginal
 from ._output.sample_results import SampleResults
@@ -503,7 +503,9 @@ def from_numpyro(
     - `init_strategy`: a NumPyro initialisation strategy (default
       `numpyro.infer.init_to_uniform`, as NumPyro's NUTS); it gives `phi_init` and
       the inner solver's cold start `theta_init`.
-    - `inner_solver`, `hessian`: as for [`lapsample.LaplaceMarginal`][].
+    - `inner_solver`, `hessian`: as for [`lapsample.LaplaceMarginal`][]; the
+      default strategy picks itself here, at `phi_init` (see
+      [`lapsample.AutoHessian`][]).
 
     These keyword names are taken by `from_numpyro`, not passed to the model.
 
@@ -545,7 +547,7 @@ def from_numpyro(
     if inner_solver is None:
         inner_solver = Newton()
     if hessian is None:
-        hessian = DenseHessian()
+        hessian = AutoHessian()
 
     model_trace = handlers.trace(handlers.seed(model, key)).get_trace(
         *model_args, **model_kwargs
@@ -566,7 +568,11 @@ def from_numpyro(
         numpyro, model, info.potential_fn, model_args, dict(model_kwargs)
     )
     log_joint = NumPyroLogJoint(potential, constrain_one, theta_init)
-    marginal = LaplaceMarginal(log_joint, theta_init, inner_solver, hessian)
+    # With the default strategy, the Hessian's structure is read here, once, at
+    # `phi_init` (`LaplaceMarginal.with_hessian_for`), before anything compiles.
+    marginal = LaplaceMarginal(
+        log_joint, theta_init, inner_solver, hessian
+    ).with_hessian_for(phi_init)
     return NumPyroModel(
         marginal=marginal,
         phi_init=phi_init,

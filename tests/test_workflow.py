@@ -570,6 +570,19 @@ def test_checkpoint_needs_builtin_containers(tmp_path):
         )
 
 
+def test_resume_keeps_the_order_phi_was_written_in(tmp_path):
+    # The output follows the user's dict order (not JAX's sorted keys), also for
+    # results read back from a checkpoint by `resume`.
+    model = ls.PlainDensity(lambda p: -0.5 * (p["sigma"] ** 2 + p["alpha"] ** 2))
+    path = tmp_path / "order.lsmp"
+    start = {"sigma": jnp.array(0.1), "alpha": jnp.array(-0.1)}
+    common = dict(num_chains=1, num_warmup=5, num_samples=5, progress_bar=False)
+    run = ls.sample(jr.key(3), model, start, checkpoint=path, **common)
+    back = ls.resume(path, model, progress_bar=False)
+    assert run.phi_order == back.phi_order == ("sigma", "alpha")
+    assert list(back.to_arviz().posterior.data_vars) == ["sigma", "alpha"]
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     # A write interrupted half-way leaves the previous checkpoint intact and no
     # temporary file behind.

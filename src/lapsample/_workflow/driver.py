@@ -1,6 +1,7 @@
 """`sample` starts a run."""
 
 import contextlib
+import dataclasses
 import os
 from typing import Literal
 
@@ -286,6 +287,9 @@ def sample(
         model_is_marginal=not isinstance(model, Sampler),
         thinning=thinning,
     )
+    settings = dataclasses.replace(
+        settings, phi_order=insertion_order(initial_position, "phi")
+    )
     has_latent = isinstance(sampler.marginal, AbstractLaplaceMarginal)
     if laplace_check and not has_latent:
         raise ValueError(
@@ -327,8 +331,7 @@ def sample(
             structure=structure,
             model=model,
         )
-    order = insertion_order(initial_position, "phi")
-    results = with_postprocess(results, numpyro_model, order)
+    results = with_postprocess(results, numpyro_model, settings.phi_order)
     if laplace_check:
         # A stream of its own, so the draws are the same with or without the check.
         check = run_laplace_check(

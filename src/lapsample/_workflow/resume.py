@@ -164,7 +164,7 @@ def resume(
             structure=structure,
             model=model,
         )
-    return with_postprocess(results, numpyro_model)
+    return with_postprocess(results, numpyro_model, settings.phi_order)
 
 
 def _differs(new, old, rtol: float) -> np.ndarray:

@@ -160,6 +160,11 @@ class RunSettings(eqx.Module):
     chunk_size: int
     model_is_marginal: bool
     thinning: int = 1
+    # The names of phi's variables in the order the user wrote them (output order;
+    # `None` in checkpoints from before it was stored).
+    phi_order: tuple[str, ...] | None = eqx.field(
+        default=None, converter=lambda x: None if x is None else tuple(x)
+    )
 
     @property
     def total(self) -> int:

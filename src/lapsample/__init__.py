@@ -88,6 +88,10 @@ from ._metric import (
 from ._numpyro import from_numpyro as from_numpyro, NumPyroModel as NumPyroModel
 from ._nuts import NoUTurn as NoUTurn
 from ._output.check_results import LaplaceCheckResults as LaplaceCheckResults
+from ._output.predict import (
+    predict_latent as predict_latent,
+    predictive as predictive,
+)
 from ._output.sample_results import SampleResults as SampleResults
 from ._phase_space import FlatLogDensity as FlatLogDensity, PhasePoint as PhasePoint
 from ._proposal import (

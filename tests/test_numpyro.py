@@ -430,6 +430,8 @@ def ucbadmit():
     return tuple(np.stack(x) for x in (dept, male, applications, admit))
 
 
+# NumPyro's own `initialize_model` runs the model op by op: 13-40 s, so slow.
+@pytest.mark.slow
 def test_model_using_numpy_on_its_data(ucbadmit):
     model = ls.from_numpyro(glmm, *ucbadmit, latent=("z",))
     assert set(model.phi_init) == {"v_mu", "sigma", "L_Rho"}

@@ -213,12 +213,15 @@ def run_dir(tmp_path_factory, subprocess_cache_dir):
     return out
 
 
+# Child processes that compile a run and its resume: 25-100 s, so in the slow suite.
+@pytest.mark.slow
 def test_stopped_run_left_a_checkpoint(run_dir):
     header, _ = _checkpoint.read(run_dir / "run.lsmp")
     assert header["step"] == 30 and not header["complete"]
     assert not os.path.exists(str(run_dir / "run.lsmp") + ".lock")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["data", "code"])
 def test_changed_model_is_refused(run_dir, case):
     outcome = json.loads((run_dir / "refused.json").read_text())[case]
@@ -231,6 +234,7 @@ def test_changed_model_is_refused(run_dir, case):
     assert outcome["unchanged"] and not outcome["lock_left"]
 
 
+@pytest.mark.slow
 def test_same_model_imported_from_the_script_resumes_bit_for_bit(run_dir):
     with (
         np.load(run_dir / "reference.npz") as ref,

@@ -16,8 +16,7 @@ from lapsample._factor import factor_result
 from lapsample._hessian import banded as banded_module
 from lapsample._hessian.base import factorise_and_solve
 from lapsample._linalg.banded import band_selected_inverse
-from lapsample._marginal.laplace import _NegativeLogJoint
-from lapsample._misc import TreeRaveller
+from lapsample._misc import NegativeLogJoint, TreeRaveller
 
 from .helpers import (
     central_difference_grad,
@@ -270,7 +269,7 @@ def test_factor_against_dense_matrix(case, getkey):
     _, log_joint, phi, strategy, out = case
     _, _, _, theta = out["dense"]
     d = theta.shape[0]
-    fn = _NegativeLogJoint(log_joint, TreeRaveller(theta))
+    fn = NegativeLogJoint(log_joint, TreeRaveller(theta))
     q = _factor_quantities(strategy, fn, theta, phi, getkey())
     covariance = jnp.linalg.inv(q["matrix"])
     assert q["ok"]
@@ -365,7 +364,7 @@ def test_check_on_the_factor_agrees_with_the_check_at_factorisation(name):
         (genuine, d_genuine, phi_genuine, strategy_genuine, True),
     ):
         theta = jnp.linspace(-0.5, 0.5, d)
-        fn = _NegativeLogJoint(log_joint, TreeRaveller(theta))
+        fn = NegativeLogJoint(log_joint, TreeRaveller(theta))
         checked, late = _checked_and_late(declared, fn, theta, phi)
         for factor in (checked, late):
             assert bool(factor.structure_ok) == expected
@@ -402,7 +401,7 @@ def test_factorise_and_solve_equals_factorise_then_solve(bandwidth, sign):
     sv = CASES["banded1-sv"][0]
     phi = CASES["banded1-sv"][2]
     theta = jnp.linspace(-1.0, 0.5, 60)
-    fn = _NegativeLogJoint(_Signed(sv, sign), TreeRaveller(theta))
+    fn = NegativeLogJoint(_Signed(sv, sign), TreeRaveller(theta))
     strategy = lapsample.BandedHessian(bandwidth=bandwidth).without_checks()
     v = jnp.cos(jnp.arange(60.0))
     (fused_factor, fused_x), (factor, x) = _fused_and_separate(
@@ -435,7 +434,7 @@ def test_associative_recurrences_equal_sequential(sign):
     # indefinite Hessian (sign = -1) must be detected the same way.
     sv, _, phi, _ = CASES["banded1-sv"]
     theta = jnp.linspace(-1.0, 0.5, 60)
-    fn = _NegativeLogJoint(_Signed(sv, sign), TreeRaveller(theta))
+    fn = NegativeLogJoint(_Signed(sv, sign), TreeRaveller(theta))
     v = jnp.cos(jnp.arange(60.0))
     outputs = {
         mode: _recurrence_outputs(
@@ -495,7 +494,7 @@ def test_check_on_the_factor_leaves_indefinite_to_its_own_code():
     # its factor was replaced by identities, whose product proves nothing.
     sv, _, phi, banded = CASES["banded1-sv"]
     theta = jnp.zeros(60)
-    fn = _NegativeLogJoint(lambda t, p: -sv(t, p), TreeRaveller(theta))
+    fn = NegativeLogJoint(lambda t, p: -sv(t, p), TreeRaveller(theta))
     _, factor = _checked_and_late(banded, fn, theta, phi)
     assert not bool(factor.positive_definite) and bool(factor.structure_ok)
     code = factor_result(factor, lapsample.RESULTS.successful)

@@ -69,6 +69,18 @@ class TreeRaveller(eqx.Module):
         )
 
 
+class NegativeLogJoint(eqx.Module):
+    """`(theta_flat, phi) -> -log_joint(unravel(theta_flat), phi)`: the flat
+    objective of the inner solve, the Hessian strategies and the detection (a
+    Module, so the same model gives the same compiled code)."""
+
+    log_joint: Callable
+    raveller: TreeRaveller
+
+    def __call__(self, theta_flat, phi):
+        return -self.log_joint(self.raveller.unravel(theta_flat), phi)
+
+
 def default_tolerance(dtype) -> float:
     """A relative tolerance that suits the floating dtype: `eps ** 0.75`.
 

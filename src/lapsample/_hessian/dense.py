@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
 
 from .._custom_types import FlatFn
 from .._factor import AbstractFactor
-from .._linalg.dense import inverse_lower
+from .._linalg.dense import cholesky_lower, factor_finite, inverse_lower
 from .._validate import check_nonnegative
 from .base import AbstractHessianStrategy, hvp, quadratic_form, second_directional
 
@@ -38,13 +38,8 @@ def _cholesky_factor(matrix: Float[Array, "d d"], jitter) -> CholeskyFactor:
         matrix = matrix + jitter * jnp.eye(d, dtype=matrix.dtype)
     # Symmetrise: AD-built Hessians are symmetric only up to rounding.
     matrix = 0.5 * (matrix + matrix.T)
-    # Symmetrised once, here (jnp's own symmetrisation would be a second pass over
-    # the d × d matrix; on a symmetric matrix it changes nothing).
-    lower = jnp.linalg.cholesky(matrix, symmetrize_input=False)
-    # A failed factorisation is NaN throughout, and a non-finite entry of the
-    # matrix reaches the diagonal of its row (every later pivot subtracts the
-    # squares of its row): the diagonal alone tells, in d reads instead of d².
-    ok = jnp.all(jnp.isfinite(jnp.diagonal(lower)))
+    lower = cholesky_lower(matrix)  # symmetrised once, just above
+    ok = factor_finite(lower)
     lower = jnp.where(ok, lower, jnp.eye(d, dtype=matrix.dtype))
     return CholeskyFactor(lower=lower, positive_definite=ok)
 

@@ -10,7 +10,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
-from .._misc import TreeRaveller
+from .._misc import NegativeLogJoint, TreeRaveller
 from .banded import band_probes, BandedHessian
 from .base import AbstractHessianStrategy, hvp, structure_agrees
 from .block import BlockDiagonalHessian
@@ -60,17 +60,6 @@ def _band_of(fn, theta, phi, width: int, key):
     # are refused here.
     agrees = structure_agrees(hz, bz, scale) & jnp.all(jnp.isfinite(hz))
     return band, agrees
-
-
-class _NegativeFlat(eqx.Module):
-    """`(theta_flat, phi) -> -log_joint(unravel(theta_flat), phi)`; a Module, so
-    that a second detection on the same model reuses the compiled reading."""
-
-    log_joint: Callable
-    raveller: TreeRaveller
-
-    def __call__(self, theta_flat, phi):
-        return -self.log_joint(self.raveller.unravel(theta_flat), phi)
 
 
 @eqx.filter_jit
@@ -151,7 +140,7 @@ def detect_hessian(
     d = theta0.shape[0]
     width = min(max_size, max(d - 1, 0))
 
-    fn = _NegativeFlat(log_joint, raveller)
+    fn = NegativeLogJoint(log_joint, raveller)
     point_key, probe_key = jr.split(key)
     noise = jr.normal(point_key, (num_points - 1, d), theta0.dtype)
     points = jnp.concatenate(

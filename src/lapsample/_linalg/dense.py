@@ -1,9 +1,10 @@
 """Dense triangular kernels: the inverse of a lower-triangular factor by blocked
 recursion, so that nearly all of its work runs as matrix products."""
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 
 # Below this size a block is inverted by one triangular solve against the identity.
@@ -32,3 +33,21 @@ def inverse_lower(lower: Float[Array, "n n"], leaf: int = _LEAF) -> Float[Array,
     corner = -(bottom @ (lower[k:, :k] @ top))
     zeros = jnp.zeros((k, n - k), dtype=lower.dtype)
     return jnp.block([[top, zeros], [corner, bottom]])
+
+
+def cholesky_lower(matrix: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """The Cholesky factor of the symmetric matrix whose lower triangle is
+    `matrix`'s (NaN throughout where it is not positive definite). Unlike
+    `jnp.linalg.cholesky`'s default, it does not first average `matrix` with its
+    transpose: callers pass matrices symmetric by construction (or symmetrised or
+    checked once themselves), and the averaging is a transposed pass over `n²`
+    entries per factorisation."""
+    return jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
+
+
+def factor_finite(lower: Float[Array, "n n"]) -> Bool[Array, ""]:
+    """Whether a Cholesky factor is finite. JAX's factor of a matrix that is not
+    positive definite is NaN throughout, and a NaN or inf entry of the input
+    reaches the diagonal of its row (every later pivot subtracts the squares of its
+    row), so the diagonal tells, in `n` reads instead of `n²`."""
+    return jnp.all(jnp.isfinite(jnp.diagonal(lower)))

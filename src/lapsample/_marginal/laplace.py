@@ -20,7 +20,7 @@ from .._hessian.base import (
     second_directional,
 )
 from .._inner import AbstractInnerSolver, Newton
-from .._misc import TreeRaveller
+from .._misc import NegativeLogJoint, TreeRaveller
 from .._results import failure_fix, RESULTS
 from .._validate import check_float_tree, nonfinite_report, warn_if_low_precision
 from .ad import laplace_log_marginal
@@ -43,16 +43,6 @@ def _curvatures_positive(fn, theta, phi):
     directions = jnp.stack([jnp.ones_like(theta), probe_vector(theta) + 0.5])
     curvatures = jax.vmap(lambda v: second_directional(fn, theta, phi, v))(directions)
     return jnp.all(curvatures > 0)
-
-
-class _NegativeLogJoint(eqx.Module):
-    """`(theta_flat, phi) -> -log_joint(unravel(theta_flat), phi)`."""
-
-    log_joint: Callable
-    raveller: TreeRaveller
-
-    def __call__(self, theta_flat, phi):
-        return -self.log_joint(self.raveller.unravel(theta_flat), phi)
 
 
 class LaplaceMarginal(AbstractLaplaceMarginal):
@@ -206,7 +196,7 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
             resolved.check(phi)
             return
         self._check_inputs(phi)
-        fn = _NegativeLogJoint(self.log_joint, self.raveller)
+        fn = NegativeLogJoint(self.log_joint, self.raveller)
         theta0 = self.raveller.ravel(self.theta_init)
         phi = jtu.tree_map(jnp.asarray, phi)
         if isinstance(self.hessian, AbstractStructuredHessian):
@@ -298,7 +288,7 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
         return TreeRaveller(self.theta_init)
 
     def _negative_log_joint(self, theta_flat, phi):
-        fn = _NegativeLogJoint(self.log_joint, self.raveller)
+        fn = NegativeLogJoint(self.log_joint, self.raveller)
         # Closed-over tracers (e.g. data passed through an outer `jit`) become
         # explicit inputs, as custom derivative rules require.
         return eqx.filter_closure_convert(fn, theta_flat, phi)

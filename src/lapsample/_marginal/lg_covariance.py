@@ -10,6 +10,7 @@ import jax.random as jr
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Int
 
+from .._linalg.dense import cholesky_lower, factor_finite
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
 
@@ -49,22 +50,6 @@ def covariance_symmetric(cov) -> Bool[Array, ""]:
     return jnp.all(jnp.abs(cov - cov.T) <= jnp.sqrt(eps) * scale)
 
 
-def cholesky_lower(matrix):
-    """The Cholesky factor of the symmetric matrix whose lower triangle is
-    `matrix`'s (NaN throughout where it is not positive definite). Unlike
-    `jnp.linalg.cholesky`, it does not first average `matrix` with its transpose:
-    `B` is symmetric by construction, `K` is checked for symmetry separately, and
-    the averaging costs a transposed pass over `n²` entries per factorisation."""
-    return jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
-
-
-def _factor_finite(lower) -> Bool[Array, ""]:
-    """Whether a Cholesky factor is finite. JAX's factor of a matrix that is not
-    positive definite is NaN throughout, and a NaN or inf entry of the input
-    reaches the diagonal, so the diagonal tells (one pass of `n`, not `n²`)."""
-    return jnp.all(jnp.isfinite(jnp.diagonal(lower)))
-
-
 def covariance_ok(cov) -> Bool[Array, ""]:
     """Whether `K` is symmetric and positive definite (a finite Cholesky factor).
     `B = I + W½ K W½` can be positive definite for an indefinite `K` (where `W` is
@@ -72,7 +57,7 @@ def covariance_ok(cov) -> Bool[Array, ""]:
     `n × n` matrix per evaluation (callers that factorise `K` anyway test their
     own factor with `covariance_symmetric`)."""
     lower = cholesky_lower(jax.lax.stop_gradient(cov))
-    return covariance_symmetric(cov) & _factor_finite(lower)
+    return covariance_symmetric(cov) & factor_finite(lower)
 
 
 def psi_a(lik, params, mean, a, theta):
@@ -116,7 +101,7 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps):
     decrement = jnp.dot(d1 - a, theta_new - theta)
     ok = (
         jnp.isfinite(value)
-        & _factor_finite(lower)
+        & factor_finite(lower)
         & jnp.all(jnp.isfinite(a_new))
         & jnp.isfinite(decrement)
     )
@@ -171,7 +156,7 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
         settings,
     )
     result = RESULTS.where(
-        _factor_finite(s.factor), result, RESULTS.hessian_not_positive_definite
+        factor_finite(s.factor), result, RESULTS.hessian_not_positive_definite
     )
     result = RESULTS.where(
         covariance_ok(cov), result, RESULTS.prior_not_positive_definite

@@ -15,7 +15,6 @@ from jaxtyping import ArrayLike, PRNGKeyArray, PyTree
 
 from .._laplace_check import laplace_check as run_laplace_check
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
-from .._marginal.laplace import resolve_hessian
 from .._misc import insertion_order
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
@@ -26,7 +25,7 @@ from .loop import Run, run_loop
 from .settings import (
     as_sampler,
     per_chain_positions,
-    resolve_inverse_mass,
+    prepare_at_start,
     RunSettings,
     unwrap_numpyro,
     with_postprocess,
@@ -308,12 +307,10 @@ def sample(
             initial_position, settings.num_chains, settings.chain_axis
         )
         first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
-        sampler = resolve_inverse_mass(sampler, first)
+        # The default Hessian strategy picks itself here, once, before compiling.
+        sampler = prepare_at_start(sampler, first)
         if has_latent:
-            # The default Hessian strategy picks itself here, once, before
-            # compiling; then clear errors for a model that fails at the start.
-            marginal = resolve_hessian(sampler.marginal, first)
-            sampler = eqx.tree_at(lambda s: s.marginal, sampler, marginal)
+            # Clear errors for a model that fails at the start, before compiling.
             sampler.marginal.check(first)
 
         jitter_key, key_data, key_impl = chain_keys(key, settings.num_chains)

@@ -11,7 +11,6 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._marginal.base import AbstractMarginal
-from .._marginal.laplace import resolve_hessian
 from .._numpyro import NumPyroModel
 from .._output.sample_results import SampleResults
 from .._sampler import Sampler, SamplerState
@@ -24,7 +23,7 @@ from .loop import check_leaves, Run, run_loop
 from .settings import (
     as_sampler,
     inverse_mass_array,
-    resolve_inverse_mass,
+    prepare_at_start,
     RunSettings,
     unwrap_numpyro,
     with_postprocess,
@@ -133,10 +132,8 @@ def resume(
 
         positions = checkpoint_file.decode_structure(structure, entries("positions"))
         first = jtu.tree_map(lambda x: jnp.asarray(x[0]), positions)
-        sampler = resolve_inverse_mass(as_sampler(model), first)
         # The Hessian detection again, at the first chain's start (as `sample` did).
-        marginal = resolve_hessian(sampler.marginal, first)
-        sampler = eqx.tree_at(lambda s: s.marginal, sampler, marginal)
+        sampler = prepare_at_start(as_sampler(model), first)
         run = Run(sampler, settings, arrays["key_data"], key_impl, blas_threads)
         carry_template = run.setup_shape(positions)
         carry_leaves = entries("carry")

@@ -12,6 +12,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._marginal.base import AbstractLaplaceMarginal, AbstractMarginal
+from .._marginal.laplace import resolve_hessian
 from .._metric import DenseMetric, DiagonalMetric, metric_from_inverse_mass_matrix
 from .._numpyro import numpyro_postprocess, NumPyroModel
 from .._nuts import NoUTurn
@@ -88,6 +89,15 @@ def inverse_mass_array(sampler: Sampler):
     if isinstance(imm, jax.Array | np.ndarray | dict):
         return imm
     return None
+
+
+def prepare_at_start(sampler: Sampler, first) -> Sampler:
+    """`sampler` made concrete at the first chain's start `first`, before anything
+    compiles (`sample` and `resume` alike): a dict inverse mass mapped onto the
+    flattened layout, and the default Hessian strategy's choice made."""
+    sampler = resolve_inverse_mass(sampler, first)
+    marginal = resolve_hessian(sampler.marginal, first)
+    return eqx.tree_at(lambda s: s.marginal, sampler, marginal)
 
 
 def resolve_inverse_mass(sampler: Sampler, position) -> Sampler:

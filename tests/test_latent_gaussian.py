@@ -282,6 +282,26 @@ def test_gradient_matches_central_differences(form):
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("smallest_w", [1e-20, 0.0])
+def test_posterior_variances_against_the_inverse(smallest_w):
+    """`diag((K⁻¹ + W)⁻¹)` in the backward pass, from `B⁻¹` in `O(n²)` (every
+    `w_i > 0`, down to 1e-20) and by the product form (a `w_i = 0`, a latent
+    without data), against `inv(inv(K) + W)` on a well-conditioned `K`."""
+    from lapsample._linalg.dense import gram_of_lower_inverse
+    from lapsample._marginal.lg_covariance import _posterior_variances, b_factor
+
+    x = jnp.linspace(0.0, 10.0, 40)
+    cov = jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2) + 0.1 * jnp.eye(40)
+    w = jnp.linspace(0.2, 30.0, 40).at[::5].set(smallest_w).at[3].set(1e-8)
+    lower, sqrt_w = b_factor(cov, w)
+    got = jax.jit(_posterior_variances)(
+        gram_of_lower_inverse(lower), lower, cov, sqrt_w
+    )
+    want = jnp.diagonal(jnp.linalg.inv(jnp.linalg.inv(cov) + jnp.diag(w)))
+    # K has condition ~ 1e2: the reference is good to ~1e-14 relative.
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_warm_start_reaches_the_same_mode():
     marginal, _, phi = _models("poisson", "covariance")
     fn = eqx.filter_jit(marginal)

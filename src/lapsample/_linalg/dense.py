@@ -51,3 +51,13 @@ def factor_finite(lower: Float[Array, "n n"]) -> Bool[Array, ""]:
     reaches the diagonal of its row (every later pivot subtracts the squares of its
     row), so the diagonal tells, in `n` reads instead of `n²`."""
     return jnp.all(jnp.isfinite(jnp.diagonal(lower)))
+
+
+def gram_of_lower_inverse(lower: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """`(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹` for a lower Cholesky factor `L`: the blocked inverse
+    above, then one matrix product. The transposed operand is materialised first:
+    XLA:CPU's product with a transposed left operand ran at half the speed of a
+    plain one (n = 911: 33 against 16 CPU-ms), and the copy costs under 1 ms."""
+    inv = inverse_lower(lower)
+    inv_t = jax.lax.optimization_barrier(inv.T)
+    return inv_t @ inv

@@ -31,6 +31,7 @@ Timings are the fastest of several calls after a compiling call, with
 import argparse
 import importlib.util
 import math
+import os
 import platform
 import sys
 import time
@@ -321,13 +322,18 @@ def full_run(cells: int, chunk_size: int = 40) -> dict:
         return results, time.perf_counter() - start
 
     _, first = run(jr.key(1), chunk_size, chunk_size)
+    cpu_start = time.process_time()
     results, wall = run(jr.key(0), 1000, 1000)
+    cpu = time.process_time() - cpu_start
     steps = np.asarray(results.sample_stats["n_steps"])
     phi = np.asarray(results.phi)
     return dict(
         cells=cells,
         first_call_s=first,
         wall_s=wall,
+        cpu_s=cpu,
+        devices=jax.device_count(),
+        load=os.getloadavg(),
         mean_steps=float(steps.mean()),
         divergences=int(np.asarray(results.num_divergences).sum()),
         inner_failures=int(np.asarray(results.num_inner_failures).sum()),
@@ -407,12 +413,14 @@ def _print_full_run(cells):
     f = full_run(cells)
     print(
         f"\nfull run, {f['cells']} cells, 4 chains x (1000 warm-up + 1000 draws), "
-        f"chains {f['chain_method']}: {f['wall_s']:.0f} s compiled (first call, "
+        f"chains {f['chain_method']} on {f['devices']} device(s): "
+        f"{f['wall_s']:.0f} s wall, {f['cpu_s']:.0f} CPU-s compiled (first call, "
         f"compilation + 2 x 40 iterations: {f['first_call_s']:.0f} s); mean "
         f"leapfrog steps per iteration {f['mean_steps']:.1f}; divergences "
         f"{f['divergences']}; failed inner solves {f['inner_failures']}; bulk ESS "
         f"{', '.join(f'{e:.0f}' for e in f['ess'])}; R-hat "
-        f"{', '.join(f'{r:.3f}' for r in f['rhat'])}"
+        f"{', '.join(f'{r:.3f}' for r in f['rhat'])}; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in f['load'])}"
     )
 
 

@@ -53,11 +53,33 @@ def factor_finite(lower: Float[Array, "n n"]) -> Bool[Array, ""]:
     return jnp.all(jnp.isfinite(jnp.diagonal(lower)))
 
 
+def _materialised_transpose(x):
+    # XLA:CPU's product with a transposed operand ran at half the speed of a plain
+    # one (n = 911: 33 against 16 CPU-ms); the copy costs under 1 ms.
+    return jax.lax.optimization_barrier(x.T)
+
+
+def _gram_lower(g: Float[Array, "n n"], leaf: int) -> Float[Array, "n n"]:
+    """`gᵀ g` for a lower-triangular `g`: with `g = [[A, 0], [C, D]]`,
+    `gᵀ g = [[AᵀA + CᵀC, CᵀD], [DᵀC, DᵀD]]`, the triangular grams recursively;
+    about `2n³/3` flops against `2n³` for a full product."""
+    n = g.shape[0]
+    if n <= leaf:
+        return _materialised_transpose(g) @ g
+    k = max(leaf, (n // 2 // leaf) * leaf)
+    a, c, d = g[:k, :k], g[k:, :k], g[k:, k:]
+    c_t = _materialised_transpose(c)
+    top_left = _gram_lower(a, leaf) + c_t @ c
+    top_right = c_t @ d
+    bottom_right = _gram_lower(d, leaf)
+    return jnp.block(
+        [[top_left, top_right], [_materialised_transpose(top_right), bottom_right]]
+    )
+
+
 def gram_of_lower_inverse(lower: Float[Array, "n n"]) -> Float[Array, "n n"]:
-    """`(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹` for a lower Cholesky factor `L`: the blocked inverse
-    above, then one matrix product. The transposed operand is materialised first:
-    XLA:CPU's product with a transposed left operand ran at half the speed of a
-    plain one (n = 911: 33 against 16 CPU-ms), and the copy costs under 1 ms."""
-    inv = inverse_lower(lower)
-    inv_t = jax.lax.optimization_barrier(inv.T)
-    return inv_t @ inv
+    """`(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹` for a lower Cholesky factor `L`, from the blocked
+    inverse above and a blocked triangular product (n = 911: 14 CPU-ms, against
+    22 with one full product and 60 for triangular solves against the identity
+    and a product)."""
+    return _gram_lower(inverse_lower(lower), _LEAF)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import lapsample as ls
-from lapsample._linalg.dense import inverse_lower
+from lapsample._linalg import dense as dense_kernels
+from lapsample._linalg.dense import gram_of_lower_inverse, inverse_lower
 
 from .helpers import central_difference_grad, evaluate, oracle_log_marginal
 
@@ -36,6 +37,23 @@ def test_inverse_lower_matches_triangular_solve(n):
     expected = jsl.solve_triangular(lower, jnp.eye(n), lower=True)
     np.testing.assert_allclose(inverse, expected, rtol=0, atol=1e-13)
     np.testing.assert_array_equal(jnp.triu(inverse, 1), 0.0)
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("n", [1, 65, 200, 1100])
+def test_gram_of_lower_inverse_is_the_inverse(n, blocked, monkeypatch):
+    # 1100 > 16 leaves of 64: the leaves grow to 128. `blocked=False` is the path
+    # taken off the CPU (solves against the identity).
+    monkeypatch.setattr(dense_kernels, "_blocked", lambda: blocked)
+    a = jr.normal(jr.key(n), (n, n))
+    lower = jnp.linalg.cholesky(a @ a.T / n + jnp.eye(n))
+    lower_dirty = lower + jnp.triu(jnp.ones((n, n)), 1)
+    expected = jsl.cho_solve((lower, True), jnp.eye(n))
+    np.testing.assert_allclose(
+        jax.jit(gram_of_lower_inverse)(lower_dirty), expected, rtol=0, atol=1e-12
+    )
+    inverse = jax.jit(inverse_lower)(lower_dirty)
+    np.testing.assert_allclose(inverse @ lower, jnp.eye(n), rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------

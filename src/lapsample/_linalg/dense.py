@@ -12,17 +12,41 @@ from jaxtyping import Array, Bool, Float
 # the speed of a matrix product of the same flop count; small leaves keep its share
 # of the work small while the recursion stays a few levels deep.
 _LEAF = 64
+# At most about this many leaves: the recursion is unrolled at trace time, and at
+# n = 10,000 with 64-wide leaves (156 of them) an H200 spent 46 s compiling one
+# latent-Gaussian value+grad (5 s with a solve against the identity).
+_MAX_LEAVES = 16
 
 
-def inverse_lower(lower: Float[Array, "n n"], leaf: int = _LEAF) -> Float[Array, "n n"]:
+def _blocked() -> bool:
+    """Whether to use the blocked kernels: on the CPU. Elsewhere (GPU) a solve
+    against the identity is fast, and the blocked recursion's many distinct product
+    shapes each cost compilation (and autotuning) time: one latent-Gaussian
+    value+grad on an H200 took 15-25 s to compile with them against 3.5-5 s."""
+    return jax.default_backend() == "cpu"
+
+
+def _leaf_size(n: int) -> int:
+    """`_LEAF`, or a larger multiple of it so that there are at most about
+    `_MAX_LEAVES` leaves."""
+    return _LEAF * max(1, -(-n // (_LEAF * _MAX_LEAVES)))
+
+
+def inverse_lower(
+    lower: Float[Array, "n n"], leaf: int | None = None
+) -> Float[Array, "n n"]:
     """`L⁻¹` for a lower-triangular `L` (its strict upper triangle is ignored).
 
     With `L = [[A, 0], [B, C]]`, `L⁻¹ = [[A⁻¹, 0], [-C⁻¹ B A⁻¹, C⁻¹]]`: two half-size
     inverses (recursively) and two matrix products. About `2n³/3` flops, nearly all
     of them in matrix products, against `n³` for a triangular solve against the
-    identity, whose XLA:CPU kernel is also several times slower per flop.
+    identity, whose XLA:CPU kernel is also several times slower per flop. `leaf`
+    defaults to 64 up to n = 1024 and grows beyond so that there are at most about
+    16 leaves; off the CPU it is `n` (one solve against the identity).
     """
     n = lower.shape[0]
+    if leaf is None:
+        leaf = _leaf_size(n) if _blocked() else n
     if n <= leaf:
         eye = jnp.eye(n, dtype=lower.dtype)
         return jsl.solve_triangular(lower, eye, lower=True)
@@ -81,5 +105,9 @@ def gram_of_lower_inverse(lower: Float[Array, "n n"]) -> Float[Array, "n n"]:
     """`(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹` for a lower Cholesky factor `L`, from the blocked
     inverse above and a blocked triangular product (n = 911: 14 CPU-ms, against
     22 with one full product and 60 for triangular solves against the identity
-    and a product)."""
-    return _gram_lower(inverse_lower(lower), _LEAF)
+    and a product). Off the CPU, two triangular solves against the identity."""
+    if not _blocked():
+        eye = jnp.eye(lower.shape[0], dtype=lower.dtype)
+        return jsl.cho_solve((lower, True), eye)
+    leaf = _leaf_size(lower.shape[0])
+    return _gram_lower(inverse_lower(lower, leaf), leaf)

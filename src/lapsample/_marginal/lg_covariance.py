@@ -14,7 +14,6 @@ from .._linalg.dense import (
     cholesky_lower,
     factor_finite,
     gram_of_lower_inverse,
-    inverse_lower,
 )
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
@@ -217,7 +216,7 @@ def _posterior_variances(b_inv, lower, cov, sqrt_w):
         return ((b_inv * cov) @ sqrt_w) / safe
 
     def from_product(_):
-        v = inverse_lower(lower) * sqrt_w[None, :]
+        v = jsl.solve_triangular(lower, jnp.diag(sqrt_w), lower=True)
         vk = v @ cov
         return jnp.diagonal(cov) - jnp.sum(vk * vk, axis=0)
 

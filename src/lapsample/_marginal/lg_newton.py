@@ -71,7 +71,8 @@ def damped_newton(state, move, trial_value, settings: NewtonSettings):
             ~new.ok | negligible(new) | (stalled & acceptable(new)),
         )
         stay = eqx.tree_at(lambda x: x.done, s, jnp.array(True))
-        return jax.tree.map(lambda x, y: jnp.where(accepted, x, y), new, stay)
+        # A branch, not an elementwise select: the state holds an n × n factor.
+        return jax.lax.cond(accepted, lambda: new, lambda: stay)
 
     s = jax.lax.while_loop(cond, body, state)
     converged = negligible(s) | acceptable(s)

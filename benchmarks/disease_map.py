@@ -5,6 +5,10 @@
     .venv/bin/python benchmarks/disease_map.py --quick         # 100 cells, GP d = 200
     .venv/bin/python benchmarks/disease_map.py --full-run 100  # + 4 x (1000 + 1000)
     .venv/bin/python benchmarks/disease_map.py --profile       # n³ operations, CPU-ms
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false \
+               --xla_force_host_platform_device_count=2" \
+        .venv/bin/python benchmarks/disease_map.py --only-full-run --full-run 911
+                                             # the 911-cell run, chains on 2 cores
 
 Three measurements, float64:
 
@@ -229,9 +233,11 @@ def profile(cells: int, repeats: int, steps_per_draw: float = 4.4) -> dict:
     """Counts of the n³ operations in the compiled value+grad (static sites in the
     HLO text, and which sit in Newton's loop), the Newton steps taken from a warm
     start, their CPU cost, the floor `(steps + 1)` Cholesky factors of `B` + the
-    Cholesky of `K` (its positive-definiteness check) + the gradient's one
-    triangular solve and two `n × n` products, and the projected full run
-    (`steps_per_draw` leapfrog steps, 4 chains x 2000 iterations)."""
+    Cholesky of `K` (its positive-definiteness check) + what the gradient needs,
+    `B⁻¹` (blocked inverse and triangular gram, `_linalg/dense.py`), the CPU cost
+    per evaluation inside a compiled loop (`loop_cpu_ms`) and the projected full run
+    from it (`steps_per_draw` leapfrog steps, 4 chains x 2000 iterations, on one
+    core; half that on two host devices)."""
     import re
 
     latent, _, n = disease_map_models(cells)
@@ -274,9 +280,13 @@ def profile(cells: int, repeats: int, steps_per_draw: float = 4.4) -> dict:
         repeats=repeats,
     )
     t_dot = _cpu_ms(jax.jit(jnp.matmul), a, spd, repeats=repeats)
+    from lapsample._linalg.dense import gram_of_lower_inverse
+
+    t_inv = _cpu_ms(jax.jit(gram_of_lower_inverse), lower, repeats=repeats)
     t_vg = _cpu_ms(vg, arrays, phi1, guess, repeats=repeats)
     t_v = _cpu_ms(value_only(latent), phi1, guess, repeats=repeats)
-    floor = (steps + 2) * t_chol + t_trsm + 2 * t_dot
+    floor = (steps + 2) * t_chol + t_inv
+    in_loop = loop_cpu_ms(latent, phi0)
     return dict(
         cells=n,
         all_sites=count(hlo),
@@ -285,11 +295,47 @@ def profile(cells: int, repeats: int, steps_per_draw: float = 4.4) -> dict:
         cholesky_ms=t_chol,
         trsm_ms=t_trsm,
         dot_ms=t_dot,
+        b_inverse_ms=t_inv,
         value_ms=t_v,
         vg_ms=t_vg,
         floor_ms=floor,
-        projected_run_min=t_vg * steps_per_draw * 8000 / 6e4,
+        loop_value_cpu_ms=in_loop["value"],
+        loop_vg_cpu_ms=in_loop["value+grad"],
+        loop_newton_steps=in_loop["newton_steps"],
+        projected_run_min=in_loop["value+grad"] * steps_per_draw * 8000 / 6e4,
     )
+
+
+def loop_cpu_ms(latent, phi0, evaluations: int = 10, repeats: int = 7) -> dict:
+    """CPU milliseconds per evaluation inside one compiled loop of `evaluations`
+    value (and value+grad) calls along a line in phi, each warm-started from the
+    previous mode, as in a trajectory (steps of (0.03, -0.02)): the median of
+    `repeats` loops. Unlike single calls, the loop reuses XLA's temporaries as a
+    sampler does (a single call maps ~40 MB afresh and page-faults through it)."""
+    step = jnp.array([0.03, -0.02])
+    guess = eqx.filter_jit(latent)(phi0)[1].theta_star
+    out = {}
+    for name in ("value", "value+grad"):
+
+        @eqx.filter_jit
+        def run(marginal, guess, name=name):
+            def body(k, carry):
+                guess, total, steps = carry
+                phi = phi0 + (k + 1) * step
+                if name == "value":
+                    value, aux = marginal(phi, guess)
+                else:
+                    (value, aux), grad = jax.value_and_grad(marginal, has_aux=True)(
+                        phi, guess
+                    )
+                    value = value + jnp.sum(grad)
+                return aux.theta_star, total + value, steps + aux.num_steps
+
+            return jax.lax.fori_loop(0, evaluations, body, (guess, 0.0, 0))
+
+        out[name] = _cpu_ms(run, latent, guess, repeats=repeats) / evaluations
+        out["newton_steps"] = int(run(latent, guess)[2]) / evaluations
+    return out
 
 
 # --------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ error is second order in `Δphi`. This script measures, on the disease map
 solve at `phi_prev + Δphi` from both starts, for random directions of several lengths
 `|Δphi|` (10 each, fixed seed). The tangent is the exact one (central differences of
 converged modes, h = 1e-5), so this is the best a predictor could do. Compare the
-lengths with the leapfrog steps of a real run: step size × `|M⁻¹ p|`, about the
-posterior sd of phi per coordinate (printed by `disease_map.py --full-run`).
+lengths with the leapfrog steps of a real run: `--leapfrog` runs one chain of 200
+warm-up iterations and prints the adapted step size `ε`, the root-mean-square
+leapfrog move `ε·sqrt(tr M⁻¹)` (momentum `p ~ N(0, M)`) and, over 100 draws, the
+mean of each transition's largest Newton step count (`sample_stats["inner_steps"]`).
 """
 
 import argparse
@@ -44,6 +46,7 @@ def _disease_map_benchmark():
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", type=int, default=911, choices=(100, 250, 911))
+    parser.add_argument("--leapfrog", action="store_true")
     args = parser.parse_args()
     latent, _, _ = _disease_map_benchmark().disease_map_models(args.cells)
     solve = eqx.filter_jit(lambda phi, guess: latent(phi, guess)[1])
@@ -73,6 +76,31 @@ def main():
             plain.append(int(solve(phi0 + d, theta0).num_steps))
             predicted.append(int(solve(phi0 + d, theta0 + tangent @ d).num_steps))
         print(f"| {length} | {np.mean(plain):.1f} | {np.mean(predicted):.1f} |")
+    if args.leapfrog:
+        import jax.random as jr
+
+        import lapsample
+
+        results = lapsample.sample(
+            jr.key(0),
+            latent,
+            phi0,
+            num_warmup=200,
+            num_samples=100,
+            num_chains=1,
+            progress_bar=False,
+        )
+        step = float(np.asarray(results.step_size)[0])
+        inv_mass = np.asarray(results.inverse_mass_matrix)[0]
+        diagonal = np.diag(inv_mass) if inv_mass.ndim == 2 else inv_mass
+        trace = float(diagonal.sum())
+        inner = np.asarray(results.sample_stats["inner_steps"], float)
+        print(
+            f"\nafter 200 warm-up iterations: step size {step:.3f}, inverse mass "
+            f"diagonal {np.round(diagonal, 4)}, "
+            f"RMS leapfrog move {step * np.sqrt(trace):.3f}; most Newton steps of "
+            f"an evaluation per transition, mean over 100 draws {inner.mean():.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ Gradient. With `R = W½ B⁻¹ W½ = (K + W⁻¹)⁻¹` and `Σ = (K⁻¹ + W)�
 
 So the cotangent of `K(phi)` is `K̄ = ḡ(½ a aᵀ - ½ R) + u aᵀ` and that of `m(phi)` is
 `ḡ a + u`: they are pulled back through the user's covariance and mean functions by
-one reverse-mode VJP. No Newton iteration is differentiated.
+one reverse-mode VJP. No Newton iteration is differentiated. The one `O(n³)` step of
+the backward pass is `P = B⁻¹ = L⁻ᵀ L⁻¹` (on the CPU a blocked inverse and a
+blocked triangular product, about `n³` flops in matrix products); `R = W½ P W½`, and
+`diag(Σ)` from `Σ = W^-½ (I - P) W^-½` with `I - P = P W½ K W½`, in `O(n²)`
+(`lg_covariance._posterior_variances`).
 
 Precision form. `H = Q + W` is banded like `Q`; Newton runs directly on `theta` with a
 banded Cholesky, and

@@ -54,13 +54,21 @@ def covariance_symmetric(cov) -> Bool[Array, ""]:
     return jnp.all(jnp.abs(cov - cov.T) <= jnp.sqrt(eps) * scale)
 
 
-def covariance_ok(cov) -> Bool[Array, ""]:
-    """Whether `K` is symmetric and positive definite (a finite Cholesky factor).
-    `B = I + W½ K W½` can be positive definite for an indefinite `K` (where `W` is
-    small), so its factor alone does not tell; this costs one more Cholesky of an
-    `n × n` matrix per evaluation (callers that factorise `K` anyway test their
-    own factor with `covariance_symmetric`)."""
-    lower = cholesky_lower(jax.lax.stop_gradient(cov))
+def covariance_factor(cov) -> Array:
+    """The Cholesky factor of `K` (NaN where it is not positive definite), outside
+    differentiation: `covariance_ok`'s certificate and Newton's warm start."""
+    return cholesky_lower(jax.lax.stop_gradient(cov))
+
+
+def covariance_ok(cov, lower=None) -> Bool[Array, ""]:
+    """Whether `K` is symmetric and positive definite (a finite Cholesky factor,
+    `lower` if given). `B = I + W½ K W½` can be positive definite for an indefinite
+    `K` (where `W` is small), so its factor alone does not tell; this costs one
+    more Cholesky of an `n × n` matrix per evaluation, which Newton's warm start
+    then reuses (callers that factorise `K` anyway test their own factor with
+    `covariance_symmetric`)."""
+    if lower is None:
+        lower = covariance_factor(cov)
     return covariance_symmetric(cov) & factor_finite(lower)
 
 
@@ -115,25 +123,35 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps):
     )  # fmt: skip
 
 
-def newton_in_a(evaluate, psi, latent_grad, cov, mean, theta_guess, settings):
-    """Damped Newton on `a` (`theta = m + K a`) from the better of two starts:
-    `theta = m` (`a = 0`), and `a = ∇ℓ(theta_guess)`, which is `a*` exactly when
-    `theta_guess` is the mode at the same phi. `evaluate(a, theta, num_steps)`
-    gives a `CovState`, `psi(a, theta)` the objective, `latent_grad(theta)` the
+def newton_in_a(
+    evaluate, psi, latent_grad, cov, mean, theta_guess, settings, chol_cov=None
+):
+    """Damped Newton on `a` (`theta = m + K a`) from the best of up to three starts
+    (the highest objective): `theta = m` (`a = 0`); `a = ∇ℓ(theta_guess)`, which is
+    `a*` exactly when `theta_guess` is the mode at the same phi; and, given the
+    Cholesky factor `chol_cov` of `K`, `a = K⁻¹(theta_guess - m)`, i.e.
+    `theta_guess` itself. From the previous mode of a trajectory the last is
+    the closest: the second maps it through the new `K` (phi moved by 0.1 on the
+    911-cell disease map: 4.0 Newton steps from it, 3.0 from the previous mode
+    itself; `benchmarks/predictor.py`). `evaluate(a, theta, num_steps)` gives a
+    `CovState`, `psi(a, theta)` the objective, `latent_grad(theta)` the
     log-likelihood's gradient in `theta`. Returns `damped_newton`'s output."""
-    a_zero = jnp.zeros(cov.shape[0], cov.dtype)
-    psi_zero = psi(a_zero, mean)
-    if theta_guess is None:
-        a0, theta0 = a_zero, mean
-    else:
-        a_guess = latent_grad(theta_guess)
-        theta_guess_a = mean + cov @ a_guess
-        psi_guess = psi(a_guess, theta_guess_a)
-        use_guess = jnp.isfinite(psi_guess) & (
-            ~jnp.isfinite(psi_zero) | (psi_guess >= psi_zero)
-        )
-        a0 = jnp.where(use_guess, a_guess, a_zero)
-        theta0 = jnp.where(use_guess, theta_guess_a, mean)
+    a0 = jnp.zeros(cov.shape[0], cov.dtype)
+    theta0 = mean
+    psi0 = psi(a0, theta0)
+    if theta_guess is not None:
+        candidates = [latent_grad(theta_guess)]
+        if chol_cov is not None:
+            candidates.append(jsl.cho_solve((chol_cov, True), theta_guess - mean))
+        for a_guess in candidates:
+            theta_guess_a = mean + cov @ a_guess
+            psi_guess = psi(a_guess, theta_guess_a)
+            better = jnp.isfinite(psi_guess) & (
+                ~jnp.isfinite(psi0) | (psi_guess >= psi0)
+            )
+            a0 = jnp.where(better, a_guess, a0)
+            theta0 = jnp.where(better, theta_guess_a, theta0)
+            psi0 = jnp.where(better, psi_guess, psi0)
 
     def trial_value(s, step):
         return psi(s.a + step * (s.a_new - s.a), s.theta + step * s.step_vector)
@@ -150,6 +168,7 @@ def newton_in_a(evaluate, psi, latent_grad, cov, mean, theta_guess, settings):
 
 
 def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
+    chol_cov = covariance_factor(cov)
     s, result = newton_in_a(
         lambda a, theta, k: _cov_evaluate(lik, params, cov, mean, a, theta, k),
         lambda a, theta: psi_a(lik, params, mean, a, theta),
@@ -158,12 +177,13 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
         mean,
         theta_guess,
         settings,
+        chol_cov,
     )
     result = RESULTS.where(
         factor_finite(s.factor), result, RESULTS.hessian_not_positive_definite
     )
     result = RESULTS.where(
-        covariance_ok(cov), result, RESULTS.prior_not_positive_definite
+        covariance_ok(cov, chol_cov), result, RESULTS.prior_not_positive_definite
     )
     value = s.value - jnp.sum(jnp.log(jnp.diagonal(s.factor)))
     return value, s.a, s.theta, s.factor, result, s.num_steps

@@ -21,7 +21,13 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
 from .._results import RESULTS
-from .lg_covariance import covariance_ok, CovState, newton_in_a, psi_a
+from .lg_covariance import (
+    covariance_factor,
+    covariance_ok,
+    CovState,
+    newton_in_a,
+    psi_a,
+)
 from .lg_newton import NewtonSettings
 from .likelihoods import AbstractLikelihood
 
@@ -90,6 +96,7 @@ def _evaluate(lik, params, cov, mean, a, theta, num_steps):
 
 def newton_design(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
     """As `newton_cov`; the returned factor is `M⁻¹` at the mode."""
+    chol_cov = covariance_factor(cov)
     s, result = newton_in_a(
         lambda a, theta, k: _evaluate(lik, params, cov, mean, a, theta, k),
         lambda a, theta: psi_a(lik, params, mean, a, theta),
@@ -98,11 +105,12 @@ def newton_design(lik, params, cov, mean, theta_guess, settings: NewtonSettings)
         mean,
         theta_guess,
         settings,
+        chol_cov,
     )
     w_ok = jnp.all(lik.observed(s.theta, params)[2] <= 0)
     result = RESULTS.where(w_ok, result, RESULTS.hessian_not_positive_definite)
     result = RESULTS.where(
-        covariance_ok(cov), result, RESULTS.prior_not_positive_definite
+        covariance_ok(cov, chol_cov), result, RESULTS.prior_not_positive_definite
     )
     # det M > 0 wherever W ≥ 0 and K is positive definite.
     lu = s.factor

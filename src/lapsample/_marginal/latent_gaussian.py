@@ -76,7 +76,6 @@ from .lg_covariance import (
     b_draw,
     cov_cotangents,
     covariance_ok,
-    covariance_symmetric,
     newton_cov,
 )
 from .lg_design import (
@@ -422,7 +421,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
             # A K that is not symmetric still has a (wrong) factor of its lower
             # triangle: no draws from it. (The factor itself tells positive
             # definiteness: no second Cholesky.)
-            k_ok = covariance_symmetric(mat) & jnp.all(jnp.isfinite(chol_k))
+            k_ok = covariance_ok(mat, chol_k)
             chol_k = jnp.where(k_ok, chol_k, jnp.nan)
             half_logdet_k = jnp.sum(jnp.log(jnp.diagonal(chol_k)))
 

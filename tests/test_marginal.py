@@ -12,6 +12,7 @@ import pytest
 import lapsample as ls
 
 from .helpers import (
+    assert_default_xtol_error_bounded,
     central_difference_grad,
     evaluate,
     GP_PHI,
@@ -80,7 +81,10 @@ def test_seed_model_exact(n, solver, hessian):
 def gp_case(request):
     d = request.param
     model = poisson_gp(d)
-    marginal = ls.LaplaceMarginal(model, jnp.zeros(d))
+    # Solved to rounding (the default xtol, 1e-8, leaves the log marginal ~1e-8
+    # off: see test_default_xtol_error_is_first_order_in_the_last_step), so that
+    # the oracle comparison below checks the formulas, not the stopping rule.
+    marginal = ls.LaplaceMarginal(model, jnp.zeros(d), ls.Newton(xtol=1e-12))
     (value, aux), grad = value_and_grad(marginal, GP_PHI)
     assert aux.result == ls.RESULTS.successful
     return model, marginal, value, grad, aux.theta_star
@@ -101,6 +105,18 @@ def test_poisson_gp_against_oracle(gp_case):
     value_oracle, grad_oracle = _oracle_value_and_grad(model, theta_star, GP_PHI)
     np.testing.assert_allclose(value, value_oracle, rtol=1e-11)
     np.testing.assert_allclose(grad, grad_oracle, rtol=1e-7, atol=1e-8)
+
+
+def test_default_xtol_error_is_first_order_in_the_last_step():
+    # d = 20 Poisson GP, cond(H) ~1e6, phi moved by 0.1 from the warm start's phi.
+    d = 20
+    model = poisson_gp(d)
+    dense = ls.DenseHessian()
+    default = ls.LaplaceMarginal(model, jnp.zeros(d), hessian=dense)
+    tight = ls.LaplaceMarginal(model, jnp.zeros(d), ls.Newton(xtol=1e-13), dense)
+    assert_default_xtol_error_bounded(
+        default, tight, model, GP_PHI, GP_PHI + jnp.array([0.08, -0.06])
+    )
 
 
 def test_poisson_gp_against_finite_differences(gp_case):

@@ -16,7 +16,7 @@ from ._hessian.base import (
     factorise_and_solve,
 )
 from ._linesearch import backtracking_armijo
-from ._misc import default_tolerance, max_abs
+from ._misc import default_step_tolerance, default_tolerance, max_abs
 from ._results import RESULTS
 from ._validate import check_int, check_solver_settings
 
@@ -97,10 +97,13 @@ class Newton(AbstractInnerSolver):
     `max|p| <= xtol·(1 + max|theta|)`: the log-determinant and its gradient are
     sensitive to error in `theta` along weakly curved directions, which a test on the
     objective alone misses when `H` is ill-conditioned. Newton converges
-    quadratically, so this costs at most one extra iteration. If rounding stops the
-    step from shrinking first, the solve ends there and succeeds when half the Newton
-    decrement `gᵀA⁻¹g` (the predicted distance to the optimum in objective value,
-    independent of how `theta` is scaled) is below `atol + rtol·|fn|`. The test is
+    quadratically, so this costs at most one extra iteration; from a sampler's warm
+    start, where a solve takes two or three, that iteration (a factorisation) is a
+    large share, which is why the default `xtol` is 1e-8 in float64 rather than a
+    few digits from rounding. If rounding stops the step from shrinking first, the
+    solve ends there and succeeds when half the Newton decrement `gᵀA⁻¹g` (the
+    predicted distance to the optimum in objective value, independent of how
+    `theta` is scaled) is below `atol + rtol·|fn|`. The test is
     made with the factor at the returned point, and that factor is handed to the
     marginal: no extra factorisation. A structured Hessian strategy's structure
     check is made once, on that factor (`check_factor`), not at every iterate.
@@ -120,10 +123,9 @@ class Newton(AbstractInnerSolver):
 
     def solve(self, fn, theta0, phi, hessian):
         dtype = theta0.dtype
-        eps = float(jnp.finfo(dtype).eps)
         rtol = default_tolerance(dtype) if self.rtol is None else self.rtol
         atol = default_tolerance(dtype) if self.atol is None else self.atol
-        xtol = eps ** (2 / 3) if self.xtol is None else self.xtol
+        xtol = default_step_tolerance(dtype) if self.xtol is None else self.xtol
         value_and_grad = jax.value_and_grad(fn)
         # Structure checks (an extra Hessian-vector product each) are made once,
         # on the returned factor, not at every iterate.
@@ -218,8 +220,11 @@ class Newton(AbstractInnerSolver):
 Newton.__init__.__doc__ = """**Arguments:**
 
 - `xtol`: the solve iterates until `max|p| <= xtol·(1 + max|theta|)` for the Newton
-    step `p`. `None` (the default) gives `eps ** (2/3)` of the dtype: about `3.7e-11`
-    in float64 and `2.4e-5` in float32.
+    step `p`. `None` (the default) gives `max(1e-8, eps ** (2/3))` of the dtype:
+    1e-8 in float64 and about `2.4e-5` in float32. The returned `theta` is off by
+    about that last step; the log marginal and its gradient by first order in it
+    (the objective by second order). Each tenfold tightening costs at most one
+    more iteration.
 - `rtol`, `atol`: a solve that stops before that (rounding, a failed line search,
     `max_steps`) still succeeds when `½ gᵀA⁻¹g <= atol + rtol·|fn(theta)|`. `None`
     gives `eps ** 0.75`: about `1.8e-12` in float64 and `6.4e-6` in float32.

@@ -100,7 +100,7 @@ def default_step_tolerance(dtype) -> float:
     log marginal within 3e-8 nats and its gradient within 3e-8 (relative) of a
     1e-14 solve, far below what moves an acceptance probability, and saved the
     confirming factorisation that a tighter tolerance needs from a warm start
-    (3.3 → 2.7 Newton steps per leapfrog evaluation). Pass `xtol=` for more
+    (3.3 → 2.8 Newton steps per leapfrog evaluation). Pass `xtol=` for more
     digits: Newton converges quadratically, so each tenfold tightening costs at
     most one more iteration.
     """

@@ -233,3 +233,28 @@ def quadratic_form(
     """
     del factor
     return jnp.dot(u, hvp(fn, theta, phi, u))
+
+
+@ft.singledispatch
+def envelope_terms(
+    factor: AbstractFactor,
+    strategy: AbstractHessianStrategy,
+    fn: FlatFn,
+    theta: Float[Array, " d"],
+    phi: PyTree[Array],
+    u: Float[Array, " d"],
+) -> tuple[Scalar, Scalar, Scalar]:
+    """`(fn(theta, phi), ⟨u, ∇_θ fn(theta, phi)⟩, strategy.logdet_surrogate(factor,
+    fn, theta, phi))`: the three terms whose derivatives in `phi` make the Laplace
+    marginal's gradient (the envelope term, the implicit-function term and the
+    log-determinant's own phi-dependence).
+
+    By default the value and gradient come from one `jax.value_and_grad` trace of
+    `fn` and the surrogate from the strategy's own. Every trace of `fn` is
+    reverse-differentiated in `phi` on its own, so a model whose `phi`-path is
+    costly (the Cholesky factor of a covariance `K(phi)`) pays for that path once
+    per trace; a factor type whose surrogate is a batch of directional derivatives
+    registers an implementation that takes all three from one trace.
+    """
+    value, grad = jax.value_and_grad(fn)(theta, phi)
+    return value, jnp.dot(u, grad), strategy.logdet_surrogate(factor, fn, theta, phi)

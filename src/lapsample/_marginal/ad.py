@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from .._custom_types import FlatFn
-from .._hessian.base import AbstractHessianStrategy
+from .._hessian.base import AbstractHessianStrategy, envelope_terms
 from .._inner import AbstractInnerSolver
 from .._misc import keep_warm_start
 from .._results import RESULTS
@@ -77,30 +77,21 @@ def _laplace_bwd(residuals, cotangents, perturbed, phi, fn, theta0, inner, hessi
     if theta_bar is not None:
         rhs = rhs - theta_bar
     u = hessian.solve(factor, rhs)
-    value_and_grad_theta = jax.value_and_grad(fn)
     if phi_flat.size == 0:
         return unravel_phi(phi_flat)
 
     def phi_terms(p_flat):
         # -value_bar·fn + ⟨u, ∇_θ fn⟩ - ½·value_bar·surrogate, all at theta*: the
         # envelope term, the implicit-function term and the log-determinant's own
-        # phi-dependence, in one reverse pass. The value and the gradient in
-        # theta come from one `value_and_grad` trace, so that the model's
-        # phi-path (e.g. building and factorising K(phi)) is traced once for
-        # both and reverse-differentiated once: from two separate calls XLA kept
-        # two Cholesky factorisations of K and two reverse passes through them
-        # (Poisson GP, d = 1000: 408 → 333 ms per value+grad, jax.profiler
-        # trace). The surrogate is the strategy's own trace and keeps its own
-        # pass. Measured on the same GP, forward mode (one pass per phi
-        # direction) was ~20 % slower. `⟨u, ∇_θ fn⟩` as a directional
-        # derivative (a jvp along u) is faster still, but ∇_θ fn ≈ 0 at the
-        # mode, so it is a sum of cancelling terms, and its phi-derivative then
-        # moved by 3e-10 (relative) with XLA's fusion choices on an
-        # ill-conditioned GP, against 3e-13 through the gradient.
+        # phi-dependence, in one reverse pass. The strategy's factor decides how
+        # many traces of `fn` the three terms take (`envelope_terms`): each trace
+        # of a model that builds and factorises K(phi) is reverse-differentiated
+        # through that factorisation on its own. Measured on the Poisson GP
+        # (d = 1000), forward mode (one pass per phi direction) was ~20 % slower
+        # than this reverse pass.
         p = unravel_phi(p_flat)
-        value, grad_theta = value_and_grad_theta(theta, p)
-        along_u = jnp.dot(u, grad_theta)
-        return -value_bar * value + along_u - 0.5 * value_bar * surrogate(theta, p)
+        value, slope, trace_term = envelope_terms(factor, hessian, fn, theta, p, u)
+        return -value_bar * value + slope - 0.5 * value_bar * trace_term
 
     grad_flat = jax.grad(phi_terms)(phi_flat)
     # A failed evaluation (value -inf) gets a zero gradient; a successful one keeps

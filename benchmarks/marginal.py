@@ -12,8 +12,9 @@ branch's `src/lapsample`) under another name and times its dense marginal
 interleaved with this one, so that both see the same machine load.
 
 The run is single-threaded (XLA's Eigen pool off, OpenBLAS at one thread, unless
-the environment sets them), and every time is given as wall and CPU seconds: on a
-shared machine the CPU time is the steadier of the two.
+the environment sets them, and the process pinned to one core unless `--cores`
+says otherwise: see `pin_to_cores`), and every time is given as wall and CPU
+seconds: on a shared machine the CPU time is the steadier of the two.
 
 Two models, float64:
 
@@ -160,6 +161,11 @@ def median_times_ms(calls: dict, repeats: int) -> tuple[dict, dict]:
     Every function is called once first (compiling it) and not timed. The timed
     calls are interleaved, one of each per round, so that a change in the
     machine's load during the run moves all of them alike and spares the ratios.
+    In each round a function is called twice and the second call is timed: a
+    sampler calls the same marginal back to back, with its buffers in cache, and
+    the first call after another function's (BlackJAX's takes ~100 times the
+    memory traffic of the floor at d = 300) would time cache refills instead (the
+    seed model at d = 300: 2.9 against 2.5 times the floor).
     """
     for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
@@ -167,6 +173,7 @@ def median_times_ms(calls: dict, repeats: int) -> tuple[dict, dict]:
     cpu = {name: [] for name in calls}
     for _ in range(repeats):
         for name, (fn, args) in calls.items():
+            jax.block_until_ready(fn(*args))
             start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn(*args))
             wall[name].append(time.perf_counter() - start)
@@ -187,6 +194,26 @@ def load_copy(path: str, name: str = "lapsample_before"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def pin_to_cores(n: int) -> str:
+    """Pin this process to the first `n` cores it may use (before any computation
+    starts XLA's thread pools) and say which. With Eigen's pool off and one OpenBLAS
+    thread, XLA:CPU still runs independent operations of one program on a second
+    thread: on the 2-core box that thread's waiting was counted as CPU time (GP d =
+    1000: 430 CPU-ms for 291 ms of wall time) and handing work between the threads
+    made small calls slower (seed d = 300: 0.73-1.4 ms against 0.69 ms on one
+    core), differently for each function, which made the CPU ratios swing by ±25 %
+    between runs. On one core CPU and wall time agree and the ratios repeat to a
+    few per cent."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if n <= 0 or n >= len(allowed):
+        return f"all {len(allowed)} allowed (not pinned)"
+    # Every thread of the process: importing jax has started some already, and
+    # Linux applies an affinity to one thread (new ones inherit their creator's).
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), allowed[:n])
+    return f"pinned to {allowed[:n]} of {len(allowed)}"
 
 
 def per_d2(nbytes: int | None, d: int) -> float | None:
@@ -592,12 +619,19 @@ def main():
         help="BlackJAX L-BFGS maxiter (its default is 30)",
     )
     parser.add_argument(
+        "--cores",
+        type=int,
+        default=1,
+        help="run on this many of the allowed CPU cores (default 1; 0: no pinning)",
+    )
+    parser.add_argument(
         "--before",
         metavar="PATH",
         help="a `lapsample` package folder to time beside this one (e.g. "
         "../main/src/lapsample)",
     )
     args = parser.parse_args()
+    pinned = pin_to_cores(args.cores)
     before = None if args.before is None else load_copy(args.before)
     sizes = args.sizes or ([20] if args.quick else [20, 100, 300, 1000])
 
@@ -626,6 +660,7 @@ def main():
     print("Median ms (wall / CPU) of one jitted value_and_grad at phi0 + delta,")
     print("warm-started from theta*(phi0); floor = one dense Hessian + one Cholesky;")
     print("ratios of CPU times; temporaries from XLA's memory analysis of the call.")
+    print(f"Cores: {pinned}.")
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}, ", end="")
     print(f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')!r}")
     print()

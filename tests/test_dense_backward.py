@@ -4,6 +4,7 @@ single pass over the phi-terms, checked against independent oracles and finite
 differences at d = 20 and d = 300, and the Newton loop's failed-line-search path."""
 
 import math
+import re
 
 import equinox as eqx
 import jax
@@ -373,3 +374,82 @@ def test_one_trace_terms_match_separate_traces(hessian):
     # ∇θ fn vanishes) is compared on the scale of |u|·|∇θ fn|'s parts.
     np.testing.assert_allclose(one, two, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(one_jac, two_jac, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------
+# Newton factorises once when the Hessian cannot depend on theta
+# --------------------------------------------------------------------------------
+
+_DESIGN = jnp.arange(20.0).reshape(4, 5) / 10
+
+
+def _gaussian_design(theta, phi):
+    return -0.5 * jnp.sum((_DESIGN @ theta - 1) ** 2) - 0.5 * jnp.exp(-2 * phi) * (
+        theta @ theta
+    )
+
+
+def _poisson_design(theta, phi):
+    eta = _DESIGN @ theta
+    return jnp.sum(eta - jnp.exp(eta)) - 0.5 * jnp.exp(-2 * phi) * (theta @ theta)
+
+
+def _piecewise(theta, phi):
+    # Quadratic on each side of 0, with different curvature: the Hessian depends
+    # on theta through a select that the analysis cannot see through.
+    return -0.5 * jnp.sum(jnp.where(theta > 0, 2.0, 1.0) * theta**2) - phi
+
+
+@pytest.mark.parametrize(
+    "model, varies",
+    [
+        (_gaussian_design, False),
+        (lambda t, p: _dense_gaussian(6)(t, {**PHI, "log_noise": p}), False),
+        (_poisson_design, True),
+        (lambda t, p: _dense_poisson(6)(t, {**PHI, "log_amp": p}), True),
+        (_piecewise, True),
+    ],
+)
+def test_hessian_varies_with_theta(model, varies):
+    # Read from the jaxpr of a Hessian-vector product, following jitted calls
+    # (the Gaussian GP's Cholesky and triangular solve are `pjit`s).
+    from lapsample._hessian.base import hessian_varies_with_theta
+
+    d = 5 if model in (_gaussian_design, _poisson_design) else 6
+    assert hessian_varies_with_theta(model, jnp.ones(d), jnp.array(0.3)) is varies
+
+
+@pytest.mark.parametrize(
+    "model, factorisations", [(_gaussian_design, 1), (_poisson_design, 2)]
+)
+def test_newton_factorises_once_for_a_constant_hessian(model, factorisations):
+    # One Cholesky in the traced solve for a Gaussian log joint (the first
+    # factor serves every iterate); a Poisson one factorises again in the loop.
+    marginal = ls.LaplaceMarginal(model, jnp.zeros(5), hessian=ls.DenseHessian())
+    text = str(jax.make_jaxpr(lambda p: marginal(p, jnp.ones(5))[0])(0.3))
+    assert len(re.findall(r"\bcholesky\b", text)) == factorisations
+
+
+def test_constant_hessian_solve_is_exact_inside_a_loop():
+    # Inside a compiled loop (as in a sampler, where XLA does not hoist the
+    # factorisation by itself) the once-factorised solve still gives the exact
+    # marginal of the dense Gaussian model, from a cold and from a warm start.
+    d = 20
+    model = _dense_gaussian(d)
+    marginal = ls.LaplaceMarginal(model, jnp.zeros(d), hessian=ls.DenseHessian())
+    shifts = jnp.array([0.0, 0.05, -0.1])
+
+    @jax.jit
+    def along(guess):
+        def body(guess, shift):
+            phi = {**PHI, "log_noise": PHI["log_noise"] + shift}
+            value, aux = marginal(phi, guess)
+            return aux.theta_star, (value, aux.result)
+
+        return jax.lax.scan(body, guess, shifts)[1]
+
+    values, results = along(jnp.zeros(d))
+    assert bool(jnp.all(results == ls.RESULTS.successful))
+    for shift, value in zip(shifts, values):
+        phi = {**PHI, "log_noise": PHI["log_noise"] + shift}
+        np.testing.assert_allclose(value, _exact_gaussian(model, phi)[0], rtol=1e-12)

@@ -14,6 +14,7 @@ from ._hessian.base import (
     AbstractHessianStrategy,
     AbstractStructuredHessian,
     factorise_and_solve,
+    hessian_varies_with_theta,
 )
 from ._linesearch import backtracking_armijo
 from ._misc import default_step_tolerance, default_tolerance, max_abs
@@ -105,8 +106,12 @@ class Newton(AbstractInnerSolver):
     predicted distance to the optimum in objective value, independent of how
     `theta` is scaled) is below `atol + rtol·|fn|`. The test is
     made with the factor at the returned point, and that factor is handed to the
-    marginal: no extra factorisation. A structured Hessian strategy's structure
-    check is made once, on that factor (`check_factor`), not at every iterate.
+    marginal: no extra factorisation. A log joint whose Hessian cannot depend on
+    `theta` (Gaussian in `theta`; read from the jaxpr of a Hessian-vector product
+    at trace time, conservatively) is factorised once per solve: on the seed model
+    at d = 300 inside a compiled loop, as in a sampler, value+grad 1.1 → 0.7 ms.
+    A structured Hessian strategy's structure check is made once, on that factor
+    (`check_factor`), not at every iterate.
     """
 
     rtol: float | None = None
@@ -138,9 +143,19 @@ class Newton(AbstractInnerSolver):
         def negligible(theta, direction):
             return max_abs(direction) <= xtol * (1 + max_abs(theta))
 
-        def evaluate(theta):
+        # A Hessian that cannot depend on theta (a Gaussian log joint in theta;
+        # decided from the jaxpr, at trace time) is factorised once per solve: the
+        # first factor serves every iterate. Per call XLA often hoists the
+        # factorisation out of the loop by itself, but not when the solve runs
+        # inside a sampler's own loop.
+        constant = not hessian_varies_with_theta(fn, theta0, phi)
+
+        def evaluate(theta, factor=None):
             value, grad = value_and_grad(theta, phi)
-            factor, step = factorise_and_solve(iterating, fn, theta, phi, grad)
+            if factor is None:
+                factor, step = factorise_and_solve(iterating, fn, theta, phi, grad)
+            else:
+                step = iterating.solve(factor, grad)
             direction = -step
             decrement = -jnp.dot(grad, direction)
             # A non-finite gradient makes the direction and the decrement
@@ -181,7 +196,9 @@ class Newton(AbstractInnerSolver):
             # selected (re-evaluating there gives the same carry): selecting the
             # whole carry would copy the d × d factor at every iteration.
             theta = jnp.where(accepted, c.theta + step * c.direction, c.theta)
-            value, grad, factor, direction, decrement, ok = evaluate(theta)
+            value, grad, factor, direction, decrement, ok = evaluate(
+                theta, c.factor if constant else None
+            )
             # Rounding has taken over when a full-length step stops shrinking the
             # step: stop there (success is then judged by the decrement). Far
             # from the mode (large latents, damped steps) the largest entry of the

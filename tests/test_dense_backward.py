@@ -394,31 +394,6 @@ def _poisson_design(theta, phi):
     return jnp.sum(eta - jnp.exp(eta)) - 0.5 * jnp.exp(-2 * phi) * (theta @ theta)
 
 
-def _piecewise(theta, phi):
-    # Quadratic on each side of 0, with different curvature: the Hessian depends
-    # on theta through a select that the analysis cannot see through.
-    return -0.5 * jnp.sum(jnp.where(theta > 0, 2.0, 1.0) * theta**2) - phi
-
-
-@pytest.mark.parametrize(
-    "model, varies",
-    [
-        (_gaussian_design, False),
-        (lambda t, p: _dense_gaussian(6)(t, {**PHI, "log_noise": p}), False),
-        (_poisson_design, True),
-        (lambda t, p: _dense_poisson(6)(t, {**PHI, "log_amp": p}), True),
-        (_piecewise, True),
-    ],
-)
-def test_hessian_varies_with_theta(model, varies):
-    # Read from the jaxpr of a Hessian-vector product, following jitted calls
-    # (the Gaussian GP's Cholesky and triangular solve are `pjit`s).
-    from lapsample._hessian.base import hessian_varies_with_theta
-
-    d = 5 if model in (_gaussian_design, _poisson_design) else 6
-    assert hessian_varies_with_theta(model, jnp.ones(d), jnp.array(0.3)) is varies
-
-
 @pytest.mark.parametrize(
     "model, factorisations", [(_gaussian_design, 1), (_poisson_design, 2)]
 )

@@ -6,7 +6,6 @@ import functools as ft
 
 import equinox as eqx
 import jax
-import jax.extend.core as jex_core
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree, Scalar
 
@@ -18,48 +17,6 @@ def hvp(fn: FlatFn, theta, phi, v):
     """Hessian-vector product `∇²_θ fn(theta, phi) v` (forward over reverse)."""
     grad_fn = jax.grad(fn)
     return jax.jvp(lambda t: grad_fn(t, phi), (theta,), (v,))[1]
-
-
-def _outputs_reached(jaxpr, reached_inputs: list[bool]) -> list[bool]:
-    """Which outputs of `jaxpr` an input marked in `reached_inputs` can reach.
-
-    A forward sweep over the equations: an equation with a reached input reaches
-    all its outputs, except a call of a jaxpr (`pjit`, custom derivative rules'
-    primal calls), which is followed inside. Loops, conditionals and anything else
-    count as reaching all their outputs, so the answer errs towards "reached".
-    """
-    reached = {v for v, r in zip(jaxpr.invars, reached_inputs) if r}
-
-    def is_reached(v):
-        return not isinstance(v, jex_core.Literal) and v in reached
-
-    for eqn in jaxpr.eqns:
-        inputs = [is_reached(v) for v in eqn.invars]
-        if not any(inputs):
-            continue
-        inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-        inner = getattr(inner, "jaxpr", inner)
-        if (
-            isinstance(inner, jex_core.Jaxpr)
-            and len(inner.invars) == len(eqn.invars)
-            and len(inner.outvars) == len(eqn.outvars)
-        ):
-            outputs = _outputs_reached(inner, inputs)
-        else:
-            outputs = [True] * len(eqn.outvars)
-        reached.update(v for v, r in zip(eqn.outvars, outputs) if r)
-    return [is_reached(v) for v in jaxpr.outvars]
-
-
-def hessian_varies_with_theta(fn: FlatFn, theta, phi) -> bool:
-    """Whether `∇²_θ fn(theta, phi)` may depend on `theta`, decided at trace time
-    from the jaxpr of a Hessian-vector product: `False` only when no operation that
-    the product's value is computed from reads `theta` (a Gaussian log joint in
-    `theta`: the Hessian is then the same at every `theta`, and one factor serves a
-    whole Newton solve). Conservative: what the sweep does not follow counts as
-    depending on `theta`."""
-    closed = jax.make_jaxpr(lambda t, v: hvp(fn, t, phi, v))(theta, theta)
-    return _outputs_reached(closed.jaxpr, [True, False])[0]
 
 
 def second_directional(fn: FlatFn, theta, phi, v):

@@ -1,0 +1,196 @@
+"""Loop-invariant work taken out of an iteration at the JAX level.
+
+A Newton solve evaluates the model at every iterate, and much of that work may not
+depend on the iterate at all: a Gaussian process's covariance `K(phi)`, its
+Cholesky factor and `K⁻¹`; a Gaussian log joint's whole Hessian. XLA moves such work
+out of a loop by itself when the solve is a program of its own, but not when the
+solve runs inside another loop (a sampler's), where the GP's value+grad then
+recomputes `K`'s factor at every Newton iterate. `hoist` does it before XLA sees the
+program: it traces a function once, evaluates right away every operation whose
+inputs do not depend on the varying arguments, and returns a function that replays
+only the others.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.extend.core as jex_core
+
+
+class _Alias:
+    """A replayed copy of values from one set of variables to another (the
+    boundary of an inlined jitted call)."""
+
+    def __init__(self, sources, targets):
+        self.sources = sources
+        self.targets = targets
+
+
+class _Step:
+    """One equation to replay, with the scope its variables live in."""
+
+    def __init__(self, scope, eqn):
+        self.scope = scope
+        self.eqn = eqn
+
+
+# Variables are keyed by (scope, variable): JAX reuses one traced jaxpr (and its
+# variable objects) for every call of the same jitted function, so each inlined call
+# gets a scope of its own.
+
+
+def _read(env, scope, var):
+    return var.val if isinstance(var, jex_core.Literal) else env[scope, var]
+
+
+def _write(env, scope, variables, values):
+    for var, value in zip(variables, values):
+        if not isinstance(var, jex_core.DropVar):
+            env[scope, var] = value
+
+
+def _bind(eqn, env, scope):
+    # As `jax.core.eval_jaxpr` binds an equation.
+    params = eqn.primitive.get_bind_params(eqn.params)
+    invals = [_read(env, scope, v) for v in eqn.invars]
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*invals, **params)
+    return out if eqn.primitive.multiple_results else [out]
+
+
+def _is_inlined_call(eqn) -> bool:
+    # A jitted call (`pjit`) is followed inside, so that the invariant part of its
+    # body is evaluated once too; everything else (loops, conditionals, custom
+    # derivative rules, effects) is one unit.
+    inner = eqn.params.get("jaxpr")
+    return (
+        eqn.primitive.name in ("pjit", "jit", "closed_call")
+        and isinstance(inner, jex_core.ClosedJaxpr)
+        and not eqn.effects
+    )
+
+
+def _memo_key(eqn, env, scope):
+    """A key under which an equation evaluated on the same input objects gives the
+    same outputs (`None` where its parameters cannot be hashed)."""
+    try:
+        params = tuple(sorted(eqn.params.items()))
+        hash(params)
+    except TypeError:
+        return None
+    inputs = tuple(
+        ("literal", repr(v.val))
+        if isinstance(v, jex_core.Literal)
+        else ("value", id(env[scope, v]))
+        for v in eqn.invars
+    )
+    return eqn.primitive, params, inputs
+
+
+class _Splitter:
+    def __init__(self, memo: dict):
+        self.env: dict = {}
+        self.varying: set = set()
+        self.program: list = []
+        self.scopes = 0
+        # Shared by the `hoist` calls of one solve: the same invariant work (a
+        # GP's K(phi) and its factor, traced once per function) is evaluated once.
+        # XLA does not merge two LAPACK factorisations of the same matrix (they
+        # write in place), so this is the only place they can be merged. Entries
+        # keep their inputs alive, so that the `id`s in the keys stay unique.
+        self.memo = memo
+
+    def evaluate_now(self, eqn, scope):
+        key = _memo_key(eqn, self.env, scope)
+        if key is None or key not in self.memo:
+            outputs = _bind(eqn, self.env, scope)
+            if key is None:
+                return outputs
+            inputs = [_read(self.env, scope, v) for v in eqn.invars]
+            self.memo[key] = (inputs, outputs)
+        return self.memo[key][1]
+
+    def is_varying(self, scope, var) -> bool:
+        return not isinstance(var, jex_core.Literal) and (scope, var) in self.varying
+
+    def split(self, jaxpr, scope) -> None:
+        """Evaluate, into `env`, every equation of `jaxpr` none of whose inputs
+        varies; append the others (in order) to `program`, their outputs varying."""
+        for eqn in jaxpr.eqns:
+            depends = [self.is_varying(scope, v) for v in eqn.invars]
+            if not any(depends) and not eqn.effects:
+                _write(self.env, scope, eqn.outvars, self.evaluate_now(eqn, scope))
+            elif _is_inlined_call(eqn):
+                self.inline(eqn, scope, depends)
+            else:
+                self.program.append(_Step(scope, eqn))
+                self.varying.update((scope, v) for v in eqn.outvars)
+
+    def inline(self, eqn, scope, depends) -> None:
+        inner = eqn.params["jaxpr"]
+        self.scopes += 1
+        inner_scope = self.scopes
+        _write(self.env, inner_scope, inner.jaxpr.constvars, inner.consts)
+        sources, targets = [], []
+        for outer, var, varies in zip(eqn.invars, inner.jaxpr.invars, depends):
+            if varies:
+                sources.append((scope, outer))
+                targets.append((inner_scope, var))
+            else:
+                self.env[inner_scope, var] = _read(self.env, scope, outer)
+        self.program.append(_Alias(sources, targets))
+        self.varying.update(targets)
+        self.split(inner.jaxpr, inner_scope)
+        sources, targets = [], []
+        for var, outer in zip(inner.jaxpr.outvars, eqn.outvars):
+            if isinstance(outer, jex_core.DropVar):
+                continue
+            if self.is_varying(inner_scope, var):
+                sources.append((inner_scope, var))
+                targets.append((scope, outer))
+            else:
+                self.env[scope, outer] = _read(self.env, inner_scope, var)
+        self.program.append(_Alias(sources, targets))
+        self.varying.update(targets)
+
+
+def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> Callable:
+    """`fn` with its work that does not depend on its arguments done once, now.
+
+    `fn(*args)` is traced at `args` (arrays, or any PyTree of them); the returned
+    function takes arguments of the same structure, shapes and dtypes and gives the
+    same outputs as `fn`, replaying only the operations that depend on the
+    arguments. Everything else (whatever `fn` computes from values it closes over)
+    is evaluated by this call, in the surrounding trace: called inside a
+    `lax.while_loop` body, the returned function no longer recomputes it.
+
+    The returned function must not be differentiated with respect to what `fn`
+    closes over: the hoisted values are constants to it. Calls that pass the same
+    `memo` (a dict) evaluate an invariant operation on the same inputs once.
+    """
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    jaxpr = closed.jaxpr
+    splitter = _Splitter({} if memo is None else memo)
+    _write(splitter.env, 0, jaxpr.constvars, closed.consts)
+    splitter.varying.update((0, v) for v in jaxpr.invars)
+    splitter.split(jaxpr, 0)
+    invariant, program = splitter.env, splitter.program
+    in_tree, out_tree = jax.tree.structure(args), jax.tree.structure(out_shape)
+
+    def replay(*new_args):
+        if jax.tree.structure(new_args) != in_tree:
+            raise TypeError("hoist: the arguments' structure changed")
+        local = dict(invariant)
+        _write(local, 0, jaxpr.invars, jax.tree.leaves(new_args))
+        for step in program:
+            if isinstance(step, _Alias):
+                for source, target in zip(step.sources, step.targets):
+                    local[target] = local[source]
+            else:
+                outs = _bind(step.eqn, local, step.scope)
+                _write(local, step.scope, step.eqn.outvars, outs)
+        outs = [_read(local, 0, v) for v in jaxpr.outvars]
+        return jax.tree.unflatten(out_tree, outs)
+
+    return replay

@@ -122,37 +122,41 @@ class _Splitter:
             if not any(depends) and not eqn.effects:
                 _write(self.env, scope, eqn.outvars, self.evaluate_now(eqn, scope))
             elif _is_inlined_call(eqn):
-                self.inline(eqn, scope, depends)
+                self.inline(eqn, scope)
             else:
                 self.program.append(_Step(scope, eqn))
                 self.varying.update((scope, v) for v in eqn.outvars)
 
-    def inline(self, eqn, scope, depends) -> None:
+    def cross(self, pairs) -> None:
+        """Carry values across the boundary of an inlined call: each pair is
+        `((scope, var), (scope, var))`, from one side to the other. Invariant
+        values are copied now; varying ones by an `_Alias` in the replay."""
+        sources, targets = [], []
+        for (from_scope, source), (to_scope, target) in pairs:
+            if isinstance(target, jex_core.DropVar):
+                continue
+            if self.is_varying(from_scope, source):
+                sources.append((from_scope, source))
+                targets.append((to_scope, target))
+            else:
+                self.env[to_scope, target] = _read(self.env, from_scope, source)
+        self.program.append(_Alias(sources, targets))
+        self.varying.update(targets)
+
+    def inline(self, eqn, scope) -> None:
         inner = eqn.params["jaxpr"]
         self.scopes += 1
         inner_scope = self.scopes
         _write(self.env, inner_scope, inner.jaxpr.constvars, inner.consts)
-        sources, targets = [], []
-        for outer, var, varies in zip(eqn.invars, inner.jaxpr.invars, depends):
-            if varies:
-                sources.append((scope, outer))
-                targets.append((inner_scope, var))
-            else:
-                self.env[inner_scope, var] = _read(self.env, scope, outer)
-        self.program.append(_Alias(sources, targets))
-        self.varying.update(targets)
+        self.cross(
+            ((scope, outer), (inner_scope, var))
+            for outer, var in zip(eqn.invars, inner.jaxpr.invars)
+        )
         self.split(inner.jaxpr, inner_scope)
-        sources, targets = [], []
-        for var, outer in zip(inner.jaxpr.outvars, eqn.outvars):
-            if isinstance(outer, jex_core.DropVar):
-                continue
-            if self.is_varying(inner_scope, var):
-                sources.append((inner_scope, var))
-                targets.append((scope, outer))
-            else:
-                self.env[scope, outer] = _read(self.env, inner_scope, var)
-        self.program.append(_Alias(sources, targets))
-        self.varying.update(targets)
+        self.cross(
+            ((inner_scope, var), (scope, outer))
+            for var, outer in zip(inner.jaxpr.outvars, eqn.outvars)
+        )
 
 
 def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> Callable:

@@ -30,12 +30,15 @@ class InnerSolution(eqx.Module):
     - `num_steps`: iterations taken.
     - `factor`: the Hessian strategy's factor of `∇²_θ fn` **at `theta`**, to be
       reused by the marginal (no second factorisation).
+    - `value`: `fn(theta, phi)` **at `theta`**, to be reused by the marginal (no
+      second evaluation of the model, whose `phi`-path may be costly).
     """
 
     theta: Float[Array, " d"]
     result: RESULTS
     num_steps: Int[Array, ""]
     factor: AbstractFactor
+    value: Float[Array, ""]
 
 
 class AbstractInnerSolver(eqx.Module):
@@ -71,7 +74,13 @@ class AbstractInnerSolver(eqx.Module):
 def _finalise(fn, theta, phi, hessian, result, num_steps) -> InnerSolution:
     factor = hessian.factorise(fn, theta, phi)
     result = factor_result(factor, result)
-    return InnerSolution(theta=theta, result=result, num_steps=num_steps, factor=factor)
+    return InnerSolution(
+        theta=theta,
+        result=result,
+        num_steps=num_steps,
+        factor=factor,
+        value=fn(theta, phi),
+    )
 
 
 class _NewtonCarry(eqx.Module):
@@ -227,7 +236,11 @@ class Newton(AbstractInnerSolver):
             factor = hessian.check_factor(factor, fn, c.theta, phi)
         result = factor_result(factor, result)
         return InnerSolution(
-            theta=c.theta, result=result, num_steps=c.num_steps, factor=factor
+            theta=c.theta,
+            result=result,
+            num_steps=c.num_steps,
+            factor=factor,
+            value=c.value,
         )
 
 

@@ -15,10 +15,12 @@ from .._misc import keep_warm_start
 from .._results import RESULTS
 
 
-def _value(fn, theta, phi, hessian, factor):
-    d = theta.shape[0]
+def _value(sol, hessian):
+    # The solver's own `fn(theta*)`: evaluating the model again here would repeat
+    # its phi-path (a GP's factor of K(phi)) once per evaluation.
+    d = sol.theta.shape[0]
     half_log_2pi = 0.5 * math.log(2 * math.pi)
-    return -fn(theta, phi) - 0.5 * hessian.logdet(factor) + d * half_log_2pi
+    return -sol.value - 0.5 * hessian.logdet(sol.factor) + d * half_log_2pi
 
 
 def finish_forward(value, theta, result, theta_guess):
@@ -37,7 +39,7 @@ def finish_forward(value, theta, result, theta_guess):
 
 def _forward(phi, fn: FlatFn, theta0, inner: AbstractInnerSolver, hessian):
     sol = inner.solve(fn, theta0, phi, hessian)
-    value = _value(fn, sol.theta, phi, hessian, sol.factor)
+    value = _value(sol, hessian)
     value, theta, result, ok = finish_forward(value, sol.theta, sol.result, theta0)
     return (value, theta, result, sol.num_steps), (sol.theta, sol.factor, ok)
 

@@ -428,3 +428,33 @@ def test_constant_hessian_solve_is_exact_inside_a_loop():
     for shift, value in zip(shifts, values):
         phi = {**PHI, "log_noise": PHI["log_noise"] + shift}
         np.testing.assert_allclose(value, _exact_gaussian(model, phi)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("model, loops", [(_gaussian_design, 0), (_poisson_design, 2)])
+def test_newton_takes_one_step_for_a_quadratic_log_joint(model, loops):
+    # A gradient proved affine in theta: one Newton step and no loop (neither
+    # Newton's nor its line search's); the Poisson model iterates.
+    marginal = ls.LaplaceMarginal(model, jnp.zeros(5), hessian=ls.DenseHessian())
+    text = str(jax.make_jaxpr(lambda p: marginal(p, jnp.ones(5))[0])(0.3))
+    assert len(re.findall(r"\bwhile\b", text)) == loops
+
+
+def _kinked(theta, phi):
+    # -θ²/2 - |θ - 2|/2 per coordinate: the mode is θ = 1/2. The Hessian by AD is
+    # constant (-1), but the log joint is not quadratic: from θ = 3 a single
+    # Newton step (on the branch θ > 2) lands on -1/2, and only a second one
+    # reaches the mode.
+    del phi
+    return jnp.sum(-0.5 * theta**2 - 0.5 * jnp.abs(theta - 2.0))
+
+
+def test_a_constant_hessian_that_is_not_quadratic_still_iterates():
+    d = 3
+    marginal = ls.LaplaceMarginal(_kinked, jnp.zeros(d), hessian=ls.DenseHessian())
+    value, aux = evaluate(marginal, jnp.zeros(()), 3.0 * jnp.ones(d))
+    assert aux.result == ls.RESULTS.successful
+    assert int(aux.num_steps) == 2
+    np.testing.assert_allclose(aux.theta_star, 0.5, rtol=0, atol=1e-12)
+    # log p̂ = log p(θ*) - ½ log det(I) + (d/2) log 2π.
+    expected = d * (-0.125 - 0.75) + 0.5 * d * math.log(2 * math.pi)
+    np.testing.assert_allclose(value, expected, rtol=1e-12)

@@ -122,3 +122,54 @@ def test_pytree_arguments_and_outputs():
     assert jax.tree.structure(got) == jax.tree.structure(expected)
     for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(g, e)
+
+
+def _gradient_and_hessian(log_joint):
+    return lambda theta: (
+        jax.grad(log_joint)(theta, PHI),
+        jax.hessian(log_joint)(theta, PHI),
+    )
+
+
+def test_affine_outputs_are_proved_from_the_operations():
+    theta0 = jnp.linspace(-1.0, 1.0, 6)
+
+    def kinked(theta, phi):
+        # Its Hessian by AD is constant (the derivative of `abs` is a sign, whose
+        # own derivative is a symbolic zero), but the log joint is not quadratic.
+        return -0.5 * jnp.exp(phi[0]) * theta @ theta - 0.5 * jnp.sum(
+            jnp.abs(theta - 2.0)
+        )
+
+    def product(theta, phi):
+        # theta·theta² in the gradient: two varying operands of one product.
+        return jnp.sum(theta * theta * theta) * phi[0]
+
+    # (model, gradient proved affine, Hessian invariant)
+    cases = [
+        (_gaussian_gp, True, True),  # solves with K's factor: linear in theta
+        (_poisson_gp, False, False),
+        (kinked, False, True),
+        (product, False, False),
+    ]
+    for model, affine, invariant in cases:
+        replay = hoist(_gradient_and_hessian(model), theta0)
+        assert replay.affine[0] is affine, model.__name__
+        assert replay.invariant[1] is invariant, model.__name__
+        if invariant:  # an invariant output is affine too (a constant)
+            assert replay.affine[1] is True
+        assert replay.invariant[0] is False
+
+
+def test_a_solve_with_a_varying_matrix_is_not_affine():
+    lower = jnp.linalg.cholesky(_kernel(PHI))
+
+    def solve_with(theta):
+        varying = lower + jnp.diag(theta)
+        return (
+            jsl.solve_triangular(lower, theta, lower=True),
+            jsl.solve_triangular(varying, jnp.ones(6), lower=True),
+        )
+
+    replay = hoist(solve_with, jnp.ones(6))
+    assert replay.affine == (True, False)

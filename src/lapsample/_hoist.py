@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex_core
+import jax.numpy as jnp
 
 
 class _Alias:
@@ -88,10 +89,75 @@ def _memo_key(eqn, env, scope):
     return eqn.primitive, params, inputs
 
 
+def _any(varying) -> bool:
+    # Linear in all of its inputs together (sums, copies, reshapes).
+    del varying
+    return True
+
+
+def _one(varying) -> bool:
+    # Bilinear: affine when at most one of its two inputs varies.
+    return len(varying) <= 1
+
+
+def _only(*positions):
+    def rule(varying) -> bool:
+        return all(i in positions for i in varying)
+
+    return rule
+
+
+def _not_first(varying) -> bool:
+    # The first input (a predicate, an index) must not vary.
+    return 0 not in varying
+
+
+# For each primitive whose output is affine in some of its inputs, which inputs may
+# vary. Anything else (a nonlinearity, a loop, a custom derivative rule) makes its
+# outputs non-affine: the proof is conservative, never wrong.
+_AFFINE_RULES = {
+    **dict.fromkeys(
+        (
+            "add",
+            "add_any",
+            "sub",
+            "neg",
+            "reduce_sum",
+            "cumsum",
+            "reshape",
+            "squeeze",
+            "expand_dims",
+            "broadcast_in_dim",
+            "transpose",
+            "rev",
+            "slice",
+            "concatenate",
+            "pad",
+            "copy",
+            "copy_p",
+            "convert_element_type",
+        ),
+        _any,
+    ),
+    "mul": _one,
+    "dot_general": _one,
+    "div": _only(0),
+    "select_n": _not_first,
+    "dynamic_slice": _only(0),
+    "dynamic_update_slice": _only(0, 1),
+    "gather": _only(0),
+    "scatter-add": _only(0, 2),
+    "scatter_add": _only(0, 2),
+    "triangular_solve": _only(1),
+}
+
+
 class _Splitter:
     def __init__(self, memo: dict):
         self.env: dict = {}
         self.varying: set = set()
+        # Varying values not proved affine in the arguments.
+        self.nonaffine: set = set()
         self.program: list = []
         self.scopes = 0
         # Shared by the `hoist` calls of one solve: the same invariant work (a
@@ -126,6 +192,22 @@ class _Splitter:
             else:
                 self.program.append(_Step(scope, eqn))
                 self.varying.update((scope, v) for v in eqn.outvars)
+                if not self.is_affine_step(eqn, scope):
+                    self.nonaffine.update((scope, v) for v in eqn.outvars)
+
+    def is_affine_step(self, eqn, scope) -> bool:
+        """Whether a replayed equation's outputs are affine in the arguments,
+        given which of its inputs are: `_AFFINE_RULES` names, per primitive, the
+        inputs that may vary; all others must be invariant."""
+        rule = _AFFINE_RULES.get(eqn.primitive.name)
+        if rule is None:
+            return False
+        varying = [i for i, v in enumerate(eqn.invars) if self.is_varying(scope, v)]
+        if any((scope, eqn.invars[i]) in self.nonaffine for i in varying):
+            return False
+        if not all(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):
+            return False
+        return rule(varying)
 
     def cross(self, pairs) -> None:
         """Carry values across the boundary of an inlined call: each pair is
@@ -138,6 +220,8 @@ class _Splitter:
             if self.is_varying(from_scope, source):
                 sources.append((from_scope, source))
                 targets.append((to_scope, target))
+                if (from_scope, source) in self.nonaffine:
+                    self.nonaffine.add((to_scope, target))
             else:
                 self.env[to_scope, target] = _read(self.env, from_scope, source)
         self.program.append(_Alias(sources, targets))
@@ -159,7 +243,7 @@ class _Splitter:
         )
 
 
-def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> Callable:
+def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> "Replay":
     """`fn` with its work that does not depend on its arguments done once, now.
 
     `fn(*args)` is traced at `args` (arrays, or any PyTree of them); the returned
@@ -171,7 +255,9 @@ def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> Callable:
 
     The returned function must not be differentiated with respect to what `fn`
     closes over: the hoisted values are constants to it. Calls that pass the same
-    `memo` (a dict) evaluate an invariant operation on the same inputs once.
+    `memo` (a dict) evaluate an invariant operation on the same inputs once. The
+    returned [`Replay`][] also says which outputs are invariant, and which are
+    proved affine in the arguments.
     """
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     jaxpr = closed.jaxpr
@@ -179,22 +265,53 @@ def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> Callable:
     _write(splitter.env, 0, jaxpr.constvars, closed.consts)
     splitter.varying.update((0, v) for v in jaxpr.invars)
     splitter.split(jaxpr, 0)
-    invariant, program = splitter.env, splitter.program
-    in_tree, out_tree = jax.tree.structure(args), jax.tree.structure(out_shape)
+    out_tree = jax.tree.structure(out_shape)
+    invariant = [not splitter.is_varying(0, v) for v in jaxpr.outvars]
+    affine = [
+        not (splitter.is_varying(0, v) and (0, v) in splitter.nonaffine)
+        for v in jaxpr.outvars
+    ]
+    return Replay(
+        jaxpr,
+        splitter.env,
+        splitter.program,
+        jax.tree.structure(args),
+        out_tree,
+        jax.tree.unflatten(out_tree, invariant),
+        jax.tree.unflatten(out_tree, affine),
+    )
 
-    def replay(*new_args):
-        if jax.tree.structure(new_args) != in_tree:
+
+class Replay:
+    """What `hoist` returns: call it as the function it was built from.
+
+    - `invariant`: a PyTree of bools, one per output leaf: whether that output
+      does not depend on the arguments at all (it was computed by `hoist`).
+    - `affine`: likewise, whether that output is proved an affine function of the
+      arguments, from the operations that compute it. The proof is conservative:
+      `False` may still be affine.
+    """
+
+    def __init__(self, jaxpr, env, program, in_tree, out_tree, invariant, affine):
+        self._jaxpr = jaxpr
+        self._env = env
+        self._program = program
+        self._in_tree = in_tree
+        self._out_tree = out_tree
+        self.invariant = invariant
+        self.affine = affine
+
+    def __call__(self, *new_args):
+        if jax.tree.structure(new_args) != self._in_tree:
             raise TypeError("hoist: the arguments' structure changed")
-        local = dict(invariant)
-        _write(local, 0, jaxpr.invars, jax.tree.leaves(new_args))
-        for step in program:
+        local = dict(self._env)
+        _write(local, 0, self._jaxpr.invars, jax.tree.leaves(new_args))
+        for step in self._program:
             if isinstance(step, _Alias):
                 for source, target in zip(step.sources, step.targets):
                     local[target] = local[source]
             else:
                 outs = _bind(step.eqn, local, step.scope)
                 _write(local, step.scope, step.eqn.outvars, outs)
-        outs = [_read(local, 0, v) for v in jaxpr.outvars]
-        return jax.tree.unflatten(out_tree, outs)
-
-    return replay
+        outs = [_read(local, 0, v) for v in self._jaxpr.outvars]
+        return jax.tree.unflatten(self._out_tree, outs)

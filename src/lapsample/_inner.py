@@ -104,7 +104,10 @@ class Newton(AbstractInnerSolver):
     holds (plain Newton from a cold start can overflow `exp(theta)` in count models).
 
     Stopping. The solve iterates until the Newton step is negligible,
-    `max|p| <= xtol·(1 + max|theta|)`: the log-determinant and its gradient are
+    `max|p| <= xtol·(1 + max|theta|)` and `½ gᵀA⁻¹g <= xtol·(1 + |fn|)` (a step
+    far below `xtol` in a latent that a prior scale of e^-60 pins is still worth
+    e^120 times its square in `fn`, and in the marginal's value): the
+    log-determinant and its gradient are
     sensitive to error in `theta` along weakly curved directions, which a test on the
     objective alone misses when `H` is ill-conditioned. Newton converges
     quadratically, so this costs at most one extra iteration; from a sampler's warm
@@ -121,6 +124,11 @@ class Newton(AbstractInnerSolver):
     a sampler's compiled loop.
     A structured Hessian strategy's structure check is made once, on that factor
     (`check_factor`), not at every iterate.
+
+    A log joint whose gradient is proved affine in `theta` from the operations that
+    compute it (a Gaussian model: normal latents, normal observations, linear in
+    `theta`) is quadratic, and one full Newton step lands on its mode: the solve
+    takes that step and stops, without a second iterate to confirm it.
     """
 
     rtol: float | None = None
@@ -149,8 +157,13 @@ class Newton(AbstractInnerSolver):
         def acceptable(value, decrement):
             return 0.5 * decrement <= atol + rtol * jnp.abs(value)
 
-        def negligible(theta, direction):
-            return max_abs(direction) <= xtol * (1 + max_abs(theta))
+        def negligible(theta, value, direction, decrement):
+            # Negligible in theta and in the objective: where fn is curved enough
+            # (a latent pinned by a prior scale of e^-60), a step far below xtol
+            # in theta can still be worth 1e20 in fn, and the marginal's value
+            # would be off by that much.
+            small = max_abs(direction) <= xtol * (1 + max_abs(theta))
+            return small & (0.5 * decrement <= xtol * (1 + jnp.abs(value)))
 
         def evaluate(theta):
             value, grad = value_and_grad(theta, phi)
@@ -173,6 +186,26 @@ class Newton(AbstractInnerSolver):
         objective = hoist(lambda t: fn(t, phi), theta0, memo=memo)
 
         value, grad, factor, direction, decrement, ok = evaluate(theta0)
+        if all(jax.tree.leaves(evaluate.affine[1])):
+            # The gradient is affine in theta (proved from the operations that
+            # compute it; `hoist`), so fn is quadratic and one full Newton step
+            # lands on its minimum: a second iterate would only confirm a step at
+            # the rounding of the first (its own rounding is no smaller).
+            theta1 = theta0 + direction
+            value1 = objective(theta1)
+            ok = ok & jnp.isfinite(value1)
+            return self._finish(
+                fn,
+                phi,
+                hessian,
+                theta=jnp.where(ok, theta1, theta0),
+                value=jnp.where(ok, value1, value),
+                factor=factor,
+                num_steps=jnp.where(
+                    ok & ~negligible(theta0, value, direction, decrement), 1, 0
+                ),
+                converged=ok,
+            )
         carry = _NewtonCarry(
             theta=theta0,
             value=value,
@@ -181,7 +214,7 @@ class Newton(AbstractInnerSolver):
             direction=direction,
             decrement=decrement,
             num_steps=jnp.array(0),
-            done=~ok | negligible(theta0, direction),
+            done=~ok | negligible(theta0, value, direction, decrement),
             failed=~ok,
         )
 
@@ -220,38 +253,53 @@ class Newton(AbstractInnerSolver):
                 direction=direction,
                 decrement=decrement,
                 num_steps=c.num_steps + accepted.astype(c.num_steps.dtype),
-                done=~accepted | ~ok | negligible(theta, direction) | stalled,
+                done=~accepted
+                | ~ok
+                | negligible(theta, value, direction, decrement)
+                | stalled,
                 failed=~ok,
             )
 
         c = jax.lax.while_loop(cond, body, carry)
         converged = (
-            negligible(c.theta, c.direction) | acceptable(c.value, c.decrement)
+            negligible(c.theta, c.value, c.direction, c.decrement)
+            | acceptable(c.value, c.decrement)
         ) & ~c.failed
+        return self._finish(
+            fn,
+            phi,
+            hessian,
+            theta=c.theta,
+            value=c.value,
+            factor=c.factor,
+            num_steps=c.num_steps,
+            converged=converged,
+        )
+
+    @staticmethod
+    def _finish(fn, phi, hessian, *, theta, value, factor, num_steps, converged):
         result = RESULTS.where(
             converged, RESULTS.successful, RESULTS.inner_solve_failed
         )
-        factor = c.factor
-        if structured:
-            factor = hessian.check_factor(factor, fn, c.theta, phi)
-        result = factor_result(factor, result)
+        if isinstance(hessian, AbstractStructuredHessian):
+            factor = hessian.check_factor(factor, fn, theta, phi)
         return InnerSolution(
-            theta=c.theta,
-            result=result,
-            num_steps=c.num_steps,
+            theta=theta,
+            result=factor_result(factor, result),
+            num_steps=num_steps,
             factor=factor,
-            value=c.value,
+            value=value,
         )
 
 
 Newton.__init__.__doc__ = """**Arguments:**
 
 - `xtol`: the solve iterates until `max|p| <= xtol·(1 + max|theta|)` for the Newton
-    step `p`. `None` (the default) gives `max(1e-8, eps ** (2/3))` of the dtype:
-    1e-8 in float64 and about `2.4e-5` in float32. The returned `theta` is off by
-    about that last step; the log marginal and its gradient by first order in it
-    (the objective by second order). Each tenfold tightening costs at most one
-    more iteration.
+    step `p` and its predicted decrease `½ gᵀA⁻¹g <= xtol·(1 + |fn|)`. `None`
+    (the default) gives `max(1e-8, eps ** (2/3))` of the dtype: 1e-8 in float64
+    and about `2.4e-5` in float32. The returned `theta` is off by about that last
+    step; the log marginal and its gradient by first order in it (the objective by
+    second order). Each tenfold tightening costs at most one more iteration.
 - `rtol`, `atol`: a solve that stops before that (rounding, a failed line search,
     `max_steps`) still succeeds when `½ gᵀA⁻¹g <= atol + rtol·|fn(theta)|`. `None`
     gives `eps ** 0.75`: about `1.8e-12` in float64 and `6.4e-6` in float32.

@@ -458,3 +458,19 @@ def test_a_constant_hessian_that_is_not_quadratic_still_iterates():
     # log p̂ = log p(θ*) - ½ log det(I) + (d/2) log 2π.
     expected = d * (-0.125 - 0.75) + 0.5 * d * math.log(2 * math.pi)
     np.testing.assert_allclose(value, expected, rtol=1e-12)
+
+
+def test_a_jittered_hessian_still_iterates_on_a_quadratic():
+    # With `jitter` the factor is not the Hessian's, one step does not land on the
+    # mode, and the solve iterates (`exact` is False) to the true mode.
+    theta0 = jnp.full(5, 3.0)
+    marginal = ls.LaplaceMarginal(
+        _gaussian_design, jnp.zeros(5), hessian=ls.DenseHessian(jitter=0.5)
+    )
+    assert not marginal.hessian.exact and ls.DenseHessian().exact
+    text = str(jax.make_jaxpr(lambda p: marginal(p, theta0)[0])(0.3))
+    assert len(re.findall(r"\bwhile\b", text)) == 2
+    _, aux = evaluate(marginal, jnp.asarray(0.3), theta0)
+    assert aux.result == ls.RESULTS.successful and int(aux.num_steps) > 1
+    grad = jax.grad(_gaussian_design)(aux.theta_star, 0.3)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-7)

@@ -256,7 +256,7 @@ def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> "Replay":
     The returned function must not be differentiated with respect to what `fn`
     closes over: the hoisted values are constants to it. Calls that pass the same
     `memo` (a dict) evaluate an invariant operation on the same inputs once. The
-    returned [`Replay`][] also says which outputs are invariant, and which are
+    returned `Replay` also says which outputs are invariant, and which are
     proved affine in the arguments.
     """
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)

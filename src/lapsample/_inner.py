@@ -127,8 +127,10 @@ class Newton(AbstractInnerSolver):
 
     A log joint whose gradient is proved affine in `theta` from the operations that
     compute it (a Gaussian model: normal latents, normal observations, linear in
-    `theta`) is quadratic, and one full Newton step lands on its mode: the solve
-    takes that step and stops, without a second iterate to confirm it.
+    `theta`) is quadratic, and with a strategy that factorises the exact Hessian
+    (`exact`: not `DenseHessian(jitter>0)`, not a custom approximation) one full
+    Newton step lands on its mode: the solve takes that step and stops, without a
+    second iterate to confirm it.
     """
 
     rtol: float | None = None
@@ -186,11 +188,12 @@ class Newton(AbstractInnerSolver):
         objective = hoist(lambda t: fn(t, phi), theta0, memo=memo)
 
         value, grad, factor, direction, decrement, ok = evaluate(theta0)
-        if all(jax.tree.leaves(evaluate.affine[1])):
+        if hessian.exact and all(jax.tree.leaves(evaluate.affine[1])):
             # The gradient is affine in theta (proved from the operations that
-            # compute it; `hoist`), so fn is quadratic and one full Newton step
-            # lands on its minimum: a second iterate would only confirm a step at
-            # the rounding of the first (its own rounding is no smaller).
+            # compute it; `hoist`), so fn is quadratic, and with the exact Hessian
+            # one full Newton step lands on its minimum: a second iterate would
+            # only confirm a step at the rounding of the first (its own rounding
+            # is no smaller).
             theta1 = theta0 + direction
             value1 = objective(theta1)
             ok = ok & jnp.isfinite(value1)

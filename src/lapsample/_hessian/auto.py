@@ -192,6 +192,11 @@ class AutoHessian(AbstractHessianStrategy):
         )
         return DenseHessian()
 
+    @property
+    def exact(self):
+        # Unresolved, it is `DenseHessian()`.
+        return True
+
     def factorise(self, fn, theta, phi):
         return self._dense(theta).factorise(fn, theta, phi)
 

@@ -120,6 +120,15 @@ class AbstractHessianStrategy(eqx.Module):
         equals the gradient of `log det ∇²_θ fn`.
         """
 
+    @property
+    def exact(self) -> bool:
+        """Whether `factorise` factorises `∇²_θ fn` itself (no jitter, no
+        approximation). [`lapsample.Newton`][] then solves a log joint that is
+        quadratic in `theta` by one step. `False` unless a strategy says so: with an
+        approximate Hessian one step does not reach the mode, and the solve
+        iterates."""
+        return False
+
 
 class AbstractStructuredHessian(AbstractHessianStrategy):
     """A strategy that assumes structure in the Hessian (diagonal, banded, blocks)
@@ -142,6 +151,12 @@ class AbstractStructuredHessian(AbstractHessianStrategy):
     """
 
     verify: eqx.AbstractVar[bool]
+
+    @property
+    def exact(self) -> bool:
+        # The assembled matrix is the Hessian when the structure holds, which the
+        # returned factor's check confirms (or the user asserts, `verify=False`).
+        return True
 
     @abc.abstractmethod
     def factor_product(

@@ -124,6 +124,10 @@ class DenseHessian(AbstractHessianStrategy):
             "(the default, exact) or a small positive value such as 1e-8.",
         )
 
+    @property
+    def exact(self):
+        return isinstance(self.jitter, (int, float)) and self.jitter == 0
+
     def factorise(self, fn, theta, phi):
         matrix = jax.jacfwd(jax.grad(fn))(theta, phi)
         return _cholesky_factor(matrix, self.jitter)
@@ -217,6 +221,10 @@ class LineaxHessian(AbstractHessianStrategy):
     factor lapsample owns, so that the same single factorisation also gives the
     log-determinant and the draws.
     """
+
+    @property
+    def exact(self):
+        return True
 
     def factorise(self, fn, theta, phi):
         struct = jax.ShapeDtypeStruct(theta.shape, theta.dtype)

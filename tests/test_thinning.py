@@ -126,8 +126,8 @@ def test_host_draws_thin_and_combine_over_groups(chunk):
 # --------------------------------------------------------------------------------
 
 # No warm-up and a step size too large for the seed model: about half of the
-# transitions diverge (the trajectory reaches log_sigma where the energy error
-# passes 1000), some kept, some not. (At 1.5 they diverged only because the
+# transitions diverge (far out in log_sigma the energy error passes the threshold
+# or the value overflows), some kept, some not. (At 1.5 they diverged only because the
 # marginal's value was wrong far out, where a step negligible in theta was not
 # negligible in the objective: `tests/test_newton_stopping.py`.)
 RUN = dict(num_warmup=0, num_samples=12, num_chains=2, chunk_size=5, progress_bar=False)

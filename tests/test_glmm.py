@@ -345,3 +345,32 @@ def test_glmm_posterior_matches_numpyro_nuts():
             assert abs(z) < 4, (
                 f"{name} {stat}: {est[0]:.4f} vs NUTS {est[1]:.4f} (z = {z:.2f})"
             )
+
+
+def test_gaussian_design_solves_in_one_step():
+    # The design form with a Gaussian likelihood: one Newton step, the generic
+    # dense marginal's mode, value and gradient.
+    y = jnp.asarray(Y_COUNT, dtype=jnp.float64) - 1.0
+    lik = ls.Gaussian(y)
+    marginal = ls.LatentGaussianMarginal(
+        lik,
+        covariance=_slopes_cov,
+        design=DESIGN,
+        offset=_offset,
+        likelihood_params=lambda phi: 0.7,
+        log_prior=_log_prior,
+    )
+
+    def log_joint(theta, phi):
+        return (
+            _log_prior(phi)
+            + jstats.multivariate_normal.logpdf(
+                theta, jnp.zeros(2 * G), _slopes_cov(phi)
+            )
+            + lik.log_density(DESIGN @ theta + _offset(phi), 0.7)
+        )
+
+    text = str(jax.make_jaxpr(lambda p: marginal(p)[0])(PHI_SLOPES))
+    assert "while" not in text
+    assert int(eqx.filter_jit(marginal)(PHI_SLOPES)[1].num_steps) == 1
+    _assert_agrees_with_generic(marginal, log_joint, PHI_SLOPES, 2 * G)

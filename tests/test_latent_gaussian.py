@@ -5,6 +5,7 @@ disease map, failure codes and the latent draws."""
 
 import dataclasses
 import math
+import re
 
 import equinox as eqx
 import jax
@@ -578,3 +579,25 @@ def test_disease_map_100_agrees_with_dense():
     # relative in the value's pieces and the gradient.
     np.testing.assert_allclose(value, value_d, rtol=1e-10)
     np.testing.assert_allclose(grad, grad_d, rtol=2e-8)
+
+
+@pytest.mark.parametrize("form", ["covariance", "precision"])
+def test_gaussian_likelihood_solves_in_one_step(form):
+    # A Gaussian likelihood is quadratic in theta: one Newton step, no loop in the
+    # traced solve (a Poisson one iterates), from a cold and from a warm start,
+    # with the value of the dense Laplace marginal (`test_agrees_with_dense_laplace`
+    # checks the gradient and mode too).
+    counts = {}
+    for name in ("gaussian", "poisson"):
+        marginal, _, phi = _models(name, form)
+        text = str(jax.make_jaxpr(lambda p: marginal(p)[0])(phi))
+        counts[name] = len(re.findall(r"\bwhile\b", text))
+    assert counts == {"gaussian": 0, "poisson": 2}
+    marginal, log_joint, phi = _models("gaussian", form)
+    fn = eqx.filter_jit(marginal)
+    _, cold = fn(phi)
+    value, warm = fn(phi + 0.05, cold.theta_star)
+    for aux in (cold, warm):
+        assert aux.result == ls.RESULTS.successful and int(aux.num_steps) == 1
+    dense = ls.LaplaceMarginal(log_joint, jnp.zeros(N), hessian=ls.DenseHessian())
+    np.testing.assert_allclose(value, eqx.filter_jit(dense)(phi + 0.05)[0], rtol=1e-12)

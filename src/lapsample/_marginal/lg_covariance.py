@@ -130,7 +130,9 @@ def _cov_evaluate(lik, params, cov, mean, a, theta, num_steps):
     )  # fmt: skip
 
 
-def newton_in_a(evaluate, psi, latent_grad, cov, chol_cov, mean, theta_guess, settings):
+def newton_in_a(
+    evaluate, psi, latent_grad, cov, chol_cov, mean, theta_guess, settings, quadratic
+):
     """Damped Newton on `a` (`theta = m + K a`) from the best of up to three starts
     (the highest objective): `theta = m` (`a = 0`); `a = ∇ℓ(theta_guess)`, which is
     `a*` exactly when `theta_guess` is the mode at the same phi; and
@@ -141,7 +143,8 @@ def newton_in_a(evaluate, psi, latent_grad, cov, chol_cov, mean, theta_guess, se
     4.0 Newton steps from it, 3.0 from the previous mode itself;
     `benchmarks/predictor.py`). `evaluate(a, theta, num_steps)` gives a
     `CovState`, `psi(a, theta)` the objective, `latent_grad(theta)` the
-    log-likelihood's gradient in `theta`. Returns `damped_newton`'s output."""
+    log-likelihood's gradient in `theta`; `quadratic`: the likelihood is (one
+    step, `damped_newton`'s `settle`). Returns `damped_newton`'s output."""
     a0 = jnp.zeros(cov.shape[0], cov.dtype)
     theta0 = mean
     psi0 = psi(a0, theta0)
@@ -170,8 +173,18 @@ def newton_in_a(evaluate, psi, latent_grad, cov, chol_cov, mean, theta_guess, se
             s.num_steps + 1,
         )
 
+    def settle(s):
+        value = psi(s.a_new, s.theta_new)
+        return CovState(
+            s.a_new, s.theta_new, value, s.a_new, s.theta_new,
+            jnp.zeros_like(s.decrement), s.factor, s.ok & jnp.isfinite(value),
+            s.num_steps + 1, jnp.array(True),
+        )  # fmt: skip
+
     state = evaluate(a0, theta0, jnp.array(0))
-    return damped_newton(state, move, trial_value, settings)
+    return damped_newton(
+        state, move, trial_value, settings, settle if quadratic else None
+    )
 
 
 def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
@@ -185,6 +198,7 @@ def newton_cov(lik, params, cov, mean, theta_guess, settings: NewtonSettings):
         mean,
         theta_guess,
         settings,
+        lik.quadratic,
     )
     result = RESULTS.where(
         factor_finite(s.factor), result, RESULTS.hessian_not_positive_definite

@@ -106,6 +106,7 @@ def newton_design(lik, params, cov, mean, theta_guess, settings: NewtonSettings)
         mean,
         theta_guess,
         settings,
+        lik.likelihood.quadratic,
     )
     w_ok = jnp.all(lik.observed(s.theta, params)[2] <= 0)
     result = RESULTS.where(w_ok, result, RESULTS.hessian_not_positive_definite)

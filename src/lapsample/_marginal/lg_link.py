@@ -34,6 +34,10 @@ class LinkedLikelihood(AbstractLikelihood):
     index: Int[Array, " n_obs"] | None
     num_latent: int = eqx.field(static=True)
 
+    @property
+    def quadratic(self):
+        return self.likelihood.quadratic
+
     def derivatives(self, theta, params):
         inner_params, offset = params
         eta = theta if self.index is None else theta[self.index]

@@ -124,8 +124,18 @@ def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
     def move(s, step):
         return evaluate(s.theta + step * s.direction, s.num_steps + 1)
 
+    def settle(s):
+        theta = s.theta + s.direction
+        value = _prec_psi(lik, params, band, mean, theta)
+        return _PrecState(
+            theta, value, jnp.zeros_like(s.direction), jnp.zeros_like(s.decrement),
+            s.factor, s.ok & jnp.isfinite(value), s.num_steps + 1, jnp.array(True),
+        )  # fmt: skip
+
     state = evaluate(theta0, jnp.array(0))
-    s, result = damped_newton(state, move, trial_value, settings)
+    s, result = damped_newton(
+        state, move, trial_value, settings, settle if lik.quadratic else None
+    )
     prior_factor, prior_ok = banded_factorise(
         *q_blocks, band.shape[1], associative=settings.associative
     )

@@ -3,6 +3,7 @@ its first three derivatives in the latent."""
 
 import abc
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -104,6 +105,12 @@ class AbstractLikelihood(eqx.Module):
     which returns the terms and their first three derivatives in `theta`,
     elementwise; the latent-Gaussian marginal needs nothing else.
     """
+
+    # Whether `log p(y | theta)` is quadratic in `theta` (its second derivative
+    # does not depend on `theta`): Newton's first full step then lands on the mode,
+    # and the latent-Gaussian marginal stops there. Only a subclass that is exactly
+    # quadratic sets it.
+    quadratic: ClassVar[bool] = False
 
     @abc.abstractmethod
     def derivatives(
@@ -261,6 +268,7 @@ class Gaussian(AbstractLikelihood):
 
     y: Float[Array, " n"]
     offset: Float[Array, " n"] | None
+    quadratic: ClassVar[bool] = True
 
     def __init__(self, y: ArrayLike, offset: ArrayLike | None = None):
         _check_data("Gaussian", y, offset=offset)

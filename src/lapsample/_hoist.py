@@ -192,17 +192,18 @@ class _Splitter:
             else:
                 self.program.append(_Step(scope, eqn))
                 self.varying.update((scope, v) for v in eqn.outvars)
-                if not self.is_affine_step(eqn, scope):
+                varying = [i for i, d in enumerate(depends) if d]
+                if not self.is_affine_step(eqn, scope, varying):
                     self.nonaffine.update((scope, v) for v in eqn.outvars)
 
-    def is_affine_step(self, eqn, scope) -> bool:
+    def is_affine_step(self, eqn, scope, varying) -> bool:
         """Whether a replayed equation's outputs are affine in the arguments,
-        given which of its inputs are: `_AFFINE_RULES` names, per primitive, the
-        inputs that may vary; all others must be invariant."""
+        given which of its inputs (`varying`: their positions) are:
+        `_AFFINE_RULES` names, per primitive, the inputs that may vary; all others
+        must be invariant."""
         rule = _AFFINE_RULES.get(eqn.primitive.name)
         if rule is None:
             return False
-        varying = [i for i, v in enumerate(eqn.invars) if self.is_varying(scope, v)]
         if any((scope, eqn.invars[i]) in self.nonaffine for i in varying):
             return False
         if not all(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):

@@ -178,6 +178,20 @@ class Newton(AbstractInnerSolver):
             ok = ok & jnp.isfinite(decrement)
             return value, grad, factor, direction, decrement, ok
 
+        def finish(theta, value, factor, num_steps, converged):
+            result = RESULTS.where(
+                converged, RESULTS.successful, RESULTS.inner_solve_failed
+            )
+            if structured:
+                factor = hessian.check_factor(factor, fn, theta, phi)
+            return InnerSolution(
+                theta=theta,
+                result=factor_result(factor, result),
+                num_steps=num_steps,
+                factor=factor,
+                value=value,
+            )
+
         # What an iterate's evaluation computes without reading theta (a GP's
         # K(phi), its factor and K⁻¹; a Gaussian log joint's whole Hessian and its
         # factor) is computed once per solve, here, and only the rest at every
@@ -188,7 +202,8 @@ class Newton(AbstractInnerSolver):
         objective = hoist(lambda t: fn(t, phi), theta0, memo=memo)
 
         value, grad, factor, direction, decrement, ok = evaluate(theta0)
-        if hessian.exact and all(jax.tree.leaves(evaluate.affine[1])):
+        _, grad_affine, *_ = evaluate.affine
+        if hessian.exact and all(jax.tree.leaves(grad_affine)):
             # The gradient is affine in theta (proved from the operations that
             # compute it; `hoist`), so fn is quadratic, and with the exact Hessian
             # one full Newton step lands on its minimum: a second iterate would
@@ -197,10 +212,7 @@ class Newton(AbstractInnerSolver):
             theta1 = theta0 + direction
             value1 = objective(theta1)
             ok = ok & jnp.isfinite(value1)
-            return self._finish(
-                fn,
-                phi,
-                hessian,
+            return finish(
                 theta=jnp.where(ok, theta1, theta0),
                 value=jnp.where(ok, value1, value),
                 factor=factor,
@@ -268,30 +280,12 @@ class Newton(AbstractInnerSolver):
             negligible(c.theta, c.value, c.direction, c.decrement)
             | acceptable(c.value, c.decrement)
         ) & ~c.failed
-        return self._finish(
-            fn,
-            phi,
-            hessian,
+        return finish(
             theta=c.theta,
             value=c.value,
             factor=c.factor,
             num_steps=c.num_steps,
             converged=converged,
-        )
-
-    @staticmethod
-    def _finish(fn, phi, hessian, *, theta, value, factor, num_steps, converged):
-        result = RESULTS.where(
-            converged, RESULTS.successful, RESULTS.inner_solve_failed
-        )
-        if isinstance(hessian, AbstractStructuredHessian):
-            factor = hessian.check_factor(factor, fn, theta, phi)
-        return InnerSolution(
-            theta=theta,
-            result=factor_result(factor, result),
-            num_steps=num_steps,
-            factor=factor,
-            value=value,
         )
 
 

@@ -253,6 +253,7 @@ class Row:
     blackjax_cpu: float
     before: float | None
     before_cpu: float | None
+    before_loop_cpu: float | None
     temp_doubles: float | None
     before_temp_doubles: float | None
     lap_value_err: float
@@ -391,6 +392,7 @@ def benchmark(name: str, d: int, quick: bool, bj_maxiter: int, before=None) -> R
             log_joint, theta_init, before.Newton(), before.DenseHessian()
         )
         calls["before"] = (value_and_grad_fn(old), warm)
+        calls["before_loop"] = (value_and_grad_loop_fn(old, loop_length(d)), warm)
         (old_value, _), old_grad = calls["before"][0](*warm)
         print(
             f"  {name} d={d}: before - now: value {float(old_value - value):.1e}, "
@@ -454,6 +456,7 @@ def benchmark(name: str, d: int, quick: bool, bj_maxiter: int, before=None) -> R
         blackjax_cpu=cpu["blackjax"],
         before=ms.get("before"),
         before_cpu=cpu.get("before"),
+        before_loop_cpu=cpu.get("before_loop"),
         temp_doubles=per_d2(temps.get("now"), d),
         before_temp_doubles=None
         if temps.get("before") is None
@@ -503,6 +506,7 @@ def timing_table(rows: list[Row]) -> str:
         "now / floor in a loop (CPU)",
         "lapsample before wall / CPU (ms)",
         "before / floor (CPU)",
+        "before / floor in a loop (CPU)",
         "blackjax wall / CPU (ms)",
         "blackjax / now (CPU)",
         "now temporaries (d² doubles)",
@@ -522,6 +526,7 @@ def timing_table(rows: list[Row]) -> str:
             fmt_ratio(r.dense_loop_cpu, r.floor_loop_cpu),
             fmt_pair(r.before, r.before_cpu),
             fmt_ratio(r.before_cpu, r.floor_cpu),
+            fmt_ratio(r.before_loop_cpu, r.floor_loop_cpu),
             fmt_pair(r.blackjax, r.blackjax_cpu),
             fmt_ratio(r.blackjax_cpu, r.dense_cpu),
             doubles(r.temp_doubles),

@@ -3,6 +3,13 @@
     python benchmarks/predictor.py              # 911-cell disease map
     python benchmarks/predictor.py --cells 100
     python benchmarks/predictor.py --xtol 3.7e-11 1e-9   # step tolerances, A/B
+    python benchmarks/predictor.py --secant 0.778 0.35    # a free secant predictor
+
+`--secant EPS ...` integrates leapfrog trajectories with each step size (the
+inverse mass of a 911-cell run's adaptation) and counts Newton steps per
+evaluation from the previous mode, from a secant prediction (the last two modes
+extrapolated along the projection of the new move on the last: no tangent to
+compute), and from the better of the two by the log joint at the new phi.
 
 `--xtol X ...` compares Newton's step tolerances instead: the default (1e-8 in
 float64) and each `X`, along one trajectory of ten moves of about 0.1 in phi (each
@@ -45,6 +52,9 @@ import numpy as np
 
 
 ROOT = Path(__file__).resolve().parent
+# The adapted inverse mass diagonal of a 911-cell run (`--leapfrog`, 200 warm-up
+# iterations); its step size was 0.778.
+INVERSE_MASS = (0.0088, 0.0103)
 
 
 def _disease_map_benchmark():
@@ -104,13 +114,74 @@ def compare_xtol(latent, phi0, xtols, evaluations=10, repeats=6):
     print(f"\nload average {os.getloadavg()}")
 
 
+def compare_secant(latent, log_joint, phi0, step_sizes, inverse_mass, seed=0):
+    """Newton steps per evaluation along leapfrog trajectories (8 trajectories of 8
+    steps per step size, fixed seed), warm-started three ways: from the previous
+    mode; from the secant prediction `theta_k + a (theta_k - theta_(k-1))`, `a` the
+    projection of the new move on the last one (free: no tangent is computed);
+    and from whichever of the two has the higher log joint at the new phi."""
+    value_and_grad = eqx.filter_jit(
+        lambda phi, guess: jax.value_and_grad(lambda p: latent(p, guess), has_aux=True)(
+            phi
+        )
+    )
+    joint = jax.jit(log_joint)
+
+    def steps(phi, guess):
+        return int(value_and_grad(phi, guess)[0][1].num_steps)
+
+    rng = np.random.default_rng(seed)
+    print("\n| step size | RMS move | previous mode | secant | better of the two |")
+    print("|---|---|---|---|---|")
+    for step_size in step_sizes:
+        counts = {"previous": [], "secant": [], "better": []}
+        moves = []
+        for _ in range(8):
+            momentum = jnp.asarray(rng.normal(size=2)) / jnp.sqrt(inverse_mass)
+            (_, aux), grad = value_and_grad(phi0, None)
+            phi, theta = phi0, aux.theta_star
+            last_phi, last_theta = phi, theta
+            for _ in range(8):
+                momentum = momentum + 0.5 * step_size * grad
+                new = phi + step_size * inverse_mass * momentum
+                moves.append(float(jnp.linalg.norm(new - phi)))
+                last_move, move = phi - last_phi, new - phi
+                norm = float(last_move @ last_move)
+                a = float(move @ last_move) / norm if norm > 0 else 0.0
+                secant = theta + a * (theta - last_theta)
+                better = secant if joint(secant, new) > joint(theta, new) else theta
+                counts["secant"].append(steps(new, secant))
+                counts["better"].append(steps(new, better))
+                (_, aux), grad = value_and_grad(new, theta)
+                counts["previous"].append(int(aux.num_steps))
+                last_phi, last_theta = phi, theta
+                phi, theta = new, aux.theta_star
+                momentum = momentum + 0.5 * step_size * grad
+        rms = math.sqrt(np.mean(np.square(moves)))
+        print(
+            f"| {step_size} | {rms:.3f} | {np.mean(counts['previous']):.2f} | "
+            f"{np.mean(counts['secant']):.2f} | {np.mean(counts['better']):.2f} |"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", type=int, default=911, choices=(100, 250, 911))
     parser.add_argument("--leapfrog", action="store_true")
     parser.add_argument("--xtol", type=float, nargs="+")
+    parser.add_argument("--secant", type=float, nargs="+", metavar="STEP_SIZE")
     args = parser.parse_args()
-    latent, _, _ = _disease_map_benchmark().disease_map_models(args.cells)
+    latent, dense, _ = _disease_map_benchmark().disease_map_models(args.cells)
+    if args.secant:
+        print(f"disease map, {args.cells} cells, trajectories from (log 0.8, log 6)")
+        compare_secant(
+            latent,
+            dense.log_joint,
+            jnp.array([math.log(0.8), math.log(6.0)]),
+            args.secant,
+            jnp.array(INVERSE_MASS),
+        )
+        return
     if args.xtol:
         compare_xtol(latent, jnp.array([math.log(0.8), math.log(6.0)]), args.xtol)
         return

@@ -474,3 +474,50 @@ def test_a_jittered_hessian_still_iterates_on_a_quadratic():
     assert aux.result == ls.RESULTS.successful and int(aux.num_steps) > 1
     grad = jax.grad(_gaussian_design)(aux.theta_star, 0.3)
     np.testing.assert_allclose(grad, 0.0, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------
+# A log-determinant that does not read theta needs no adjoint
+# --------------------------------------------------------------------------------
+
+
+def _count_backward_work(model, d, monkeypatch, skip):
+    """The value+grad of `model`'s dense marginal, and how many triangular solves
+    its trace holds; `skip=False` makes the backward pass treat the
+    log-determinant as reading theta (the general path), for comparison."""
+    from lapsample._marginal import ad
+
+    if not skip:
+        monkeypatch.setattr(ad, "reads_arguments", lambda fn, *args: True)
+    marginal = ls.LaplaceMarginal(model, jnp.zeros(d), hessian=ls.DenseHessian())
+    guess = jnp.full(d, 0.1)
+
+    def value(p):
+        return marginal(p, guess)[0]
+
+    text = str(jax.make_jaxpr(jax.value_and_grad(value))(PHI))
+    solves = len(re.findall(r"\btriangular_solve\b", text))
+    out = jax.jit(jax.value_and_grad(value))(PHI)
+    monkeypatch.undo()
+    return out, solves
+
+
+@pytest.mark.parametrize(
+    "make, skipped", [(_dense_gaussian, True), (_dense_poisson, False)]
+)
+def test_theta_free_log_determinant_skips_the_adjoint(make, skipped, monkeypatch):
+    # A Gaussian log joint's Hessian does not depend on theta: the
+    # log-determinant's theta-derivative is zero, and so is the adjoint, so the
+    # backward pass takes no reverse pass for it (whose trace holds `L⁻¹`'s
+    # triangular solves again) and no adjoint solves, with the same value and
+    # gradient as the general path to rounding. A Poisson one keeps the general
+    # path.
+    d = 20
+    model = make(d)
+    (value, grad), solves = _count_backward_work(model, d, monkeypatch, skip=True)
+    (value_all, grad_all), solves_all = _count_backward_work(
+        model, d, monkeypatch, skip=False
+    )
+    assert (solves < solves_all) if skipped else (solves == solves_all)
+    np.testing.assert_allclose(value, value_all, rtol=1e-14)
+    np.testing.assert_allclose(_flat(grad), _flat(grad_all), rtol=1e-12, atol=1e-14)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from lapsample._hoist import hoist
+from lapsample._hoist import hoist, reads_arguments
 
 
 X = jnp.linspace(0.0, 3.0, 6)
@@ -173,3 +173,27 @@ def test_a_solve_with_a_varying_matrix_is_not_affine():
 
     replay = hoist(solve_with, jnp.ones(6))
     assert replay.affine == (True, False)
+
+
+def test_reads_arguments_agrees_with_hoist_and_evaluates_nothing():
+    # Whether a function's outputs depend on its arguments at all, without
+    # computing anything: the Hessians of the models above, from inside a trace
+    # (where `hoist` would add the invariant work to the outer program,
+    # `reads_arguments` adds nothing).
+    theta0 = jnp.linspace(-1.0, 1.0, 6)
+    for model, reads in [(_gaussian_gp, False), (_poisson_gp, True)]:
+
+        def hessian(theta, model=model):
+            return jax.hessian(model)(theta, PHI)
+
+        assert reads_arguments(hessian, theta0) is reads, model.__name__
+        assert hoist(hessian, theta0).invariant is not reads
+
+        def outer(theta, hessian=hessian):
+            assert reads_arguments(hessian, theta) is reads
+            return theta
+
+        assert len(jax.make_jaxpr(outer)(theta0).eqns) == 0
+    # An output that ignores the argument beside one that reads it: reads.
+    assert reads_arguments(lambda t: (jnp.ones(3), t[:3]), theta0) is True
+    assert reads_arguments(lambda t: (jnp.ones(3), 2.0 * jnp.ones(2)), theta0) is False

@@ -153,7 +153,10 @@ _AFFINE_RULES = {
 
 
 class _Splitter:
-    def __init__(self, memo: dict):
+    def __init__(self, memo: dict, evaluate: bool = True):
+        # `evaluate=False`: only find which values vary (`reads_arguments`);
+        # nothing is computed.
+        self.evaluate = evaluate
         self.env: dict = {}
         self.varying: set = set()
         # Varying values not proved affine in the arguments.
@@ -186,7 +189,9 @@ class _Splitter:
         for eqn in jaxpr.eqns:
             depends = [self.is_varying(scope, v) for v in eqn.invars]
             if not any(depends) and not eqn.effects:
-                _write(self.env, scope, eqn.outvars, self.evaluate_now(eqn, scope))
+                if self.evaluate:
+                    outputs = self.evaluate_now(eqn, scope)
+                    _write(self.env, scope, eqn.outvars, outputs)
             elif _is_inlined_call(eqn):
                 self.inline(eqn, scope)
             else:
@@ -223,7 +228,7 @@ class _Splitter:
                 targets.append((to_scope, target))
                 if (from_scope, source) in self.nonaffine:
                     self.nonaffine.add((to_scope, target))
-            else:
+            elif self.evaluate:
                 self.env[to_scope, target] = _read(self.env, from_scope, source)
         self.program.append(_Alias(sources, targets))
         self.varying.update(targets)
@@ -281,6 +286,20 @@ def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> "Replay":
         jax.tree.unflatten(out_tree, invariant),
         jax.tree.unflatten(out_tree, affine),
     )
+
+
+def reads_arguments(fn: Callable, *args: Any) -> bool:
+    """Whether any output of `fn(*args)` is computed from `args`, judged from the
+    operations `fn` traces to (followed into jitted calls), without evaluating
+    anything. `False` means the outputs are the same for every value of `args`,
+    and their derivatives in `args` are exactly zero: what automatic
+    differentiation would compute from the same trace."""
+    closed = jax.make_jaxpr(fn)(*args)
+    jaxpr = closed.jaxpr
+    splitter = _Splitter({}, evaluate=False)
+    splitter.varying.update((0, v) for v in jaxpr.invars)
+    splitter.split(jaxpr, 0)
+    return any(splitter.is_varying(0, v) for v in jaxpr.outvars)
 
 
 class Replay:

@@ -257,7 +257,7 @@ def envelope_terms(
     fn: FlatFn,
     theta: Float[Array, " d"],
     phi: PyTree[Array],
-    u: Float[Array, " d"],
+    u: Float[Array, " d"] | None,
 ) -> tuple[Scalar, Scalar, Scalar]:
     """`(fn(theta, phi), ⟨u, ∇_θ fn(theta, phi)⟩, strategy.logdet_surrogate(factor,
     fn, theta, phi))`: the three terms whose derivatives in `phi` make the Laplace
@@ -270,6 +270,11 @@ def envelope_terms(
     costly (the Cholesky factor of a covariance `K(phi)`) pays for that path once
     per trace; a factor type whose surrogate is a batch of directional derivatives
     registers an implementation that takes all three from one trace.
+
+    `u = None` stands for a zero adjoint: the slope is zero and not computed.
     """
+    surrogate = strategy.logdet_surrogate(factor, fn, theta, phi)
+    if u is None:
+        return fn(theta, phi), jnp.zeros((), theta.dtype), surrogate
     value, grad = jax.value_and_grad(fn)(theta, phi)
-    return value, jnp.dot(u, grad), strategy.logdet_surrogate(factor, fn, theta, phi)
+    return value, jnp.dot(u, grad), surrogate

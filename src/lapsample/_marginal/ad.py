@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 from .._custom_types import FlatFn
 from .._hessian.base import AbstractHessianStrategy, envelope_terms
+from .._hoist import reads_arguments
 from .._inner import AbstractInnerSolver
 from .._misc import keep_warm_start
 from .._results import RESULTS
@@ -74,11 +75,18 @@ def _laplace_bwd(residuals, cotangents, perturbed, phi, fn, theta0, inner, hessi
         return hessian.logdet_surrogate(factor, fn, t, p)
 
     # The log-determinant's derivative in theta: one reverse pass through the
-    # surrogate (third derivatives of the model, contracted with A⁻¹).
-    rhs = 0.5 * value_bar * jax.grad(surrogate)(theta, phi)
+    # surrogate (third derivatives of the model, contracted with A⁻¹). Where the
+    # surrogate's trace never reads theta (a Gaussian log joint: its Hessian is
+    # constant in theta) that derivative is exactly zero, and so is the adjoint
+    # `u` unless theta* itself has a cotangent: the pass, the two solves and the
+    # slope term are skipped (`u = None`), with the same result automatic
+    # differentiation gives.
+    rhs = None
+    if reads_arguments(lambda t: surrogate(t, phi), theta):
+        rhs = 0.5 * value_bar * jax.grad(surrogate)(theta, phi)
     if theta_bar is not None:
-        rhs = rhs - theta_bar
-    u = hessian.solve(factor, rhs)
+        rhs = -theta_bar if rhs is None else rhs - theta_bar
+    u = None if rhs is None else hessian.solve(factor, rhs)
     if phi_flat.size == 0:
         return unravel_phi(phi_flat)
 

@@ -249,6 +249,18 @@ class _Splitter:
         )
 
 
+def _split(fn, args, memo: dict, evaluate: bool = True):
+    """Trace `fn(*args)` and split its equations (`_Splitter.split`), the
+    arguments varying. Returns the jaxpr, the output shapes and the splitter."""
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    jaxpr = closed.jaxpr
+    splitter = _Splitter(memo, evaluate)
+    _write(splitter.env, 0, jaxpr.constvars, closed.consts)
+    splitter.varying.update((0, v) for v in jaxpr.invars)
+    splitter.split(jaxpr, 0)
+    return jaxpr, out_shape, splitter
+
+
 def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> "Replay":
     """`fn` with its work that does not depend on its arguments done once, now.
 
@@ -265,12 +277,7 @@ def hoist(fn: Callable, *args: Any, memo: dict | None = None) -> "Replay":
     returned `Replay` also says which outputs are invariant, and which are
     proved affine in the arguments.
     """
-    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    jaxpr = closed.jaxpr
-    splitter = _Splitter({} if memo is None else memo)
-    _write(splitter.env, 0, jaxpr.constvars, closed.consts)
-    splitter.varying.update((0, v) for v in jaxpr.invars)
-    splitter.split(jaxpr, 0)
+    jaxpr, out_shape, splitter = _split(fn, args, {} if memo is None else memo)
     out_tree = jax.tree.structure(out_shape)
     invariant = [not splitter.is_varying(0, v) for v in jaxpr.outvars]
     affine = [
@@ -294,11 +301,7 @@ def reads_arguments(fn: Callable, *args: Any) -> bool:
     anything. `False` means the outputs are the same for every value of `args`,
     and their derivatives in `args` are exactly zero: what automatic
     differentiation would compute from the same trace."""
-    closed = jax.make_jaxpr(fn)(*args)
-    jaxpr = closed.jaxpr
-    splitter = _Splitter({}, evaluate=False)
-    splitter.varying.update((0, v) for v in jaxpr.invars)
-    splitter.split(jaxpr, 0)
+    jaxpr, _, splitter = _split(fn, args, {}, evaluate=False)
     return any(splitter.is_varying(0, v) for v in jaxpr.outvars)
 
 

@@ -194,8 +194,8 @@ class AutoHessian(AbstractHessianStrategy):
 
     @property
     def exact(self):
-        # Unresolved, it is `DenseHessian()`.
-        return True
+        # Unresolved, it factorises as `DenseHessian()` does.
+        return DenseHessian().exact
 
     def factorise(self, fn, theta, phi):
         return self._dense(theta).factorise(fn, theta, phi)

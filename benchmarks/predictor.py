@@ -4,6 +4,18 @@
     python benchmarks/predictor.py --cells 100
     python benchmarks/predictor.py --xtol 3.7e-11 1e-9   # step tolerances, A/B
     python benchmarks/predictor.py --secant 0.778 0.35    # a free secant predictor
+    python benchmarks/predictor.py --trajectories 0.778 0.35   # the built one, A/B
+
+`--trajectories EPS ...` runs leapfrog trajectories (8 of 8 steps per step size,
+fixed momenta, the 911-cell run's adapted inverse mass) through lapsample's own
+integrator, each in one compiled loop, with `LatentGaussianMarginal(predictor=True)`
+(the default: each solve starts from the better of the previous mode and the secant
+prediction, `lapsample.WarmStart`) and `predictor=False`, and prints Newton steps
+per evaluation, the largest difference of the log densities along the trajectories
+and CPU-ms per evaluation (the two interleaved `--repeats` times in this process;
+medians). `--cells 0` runs the stochastic volatility model (T = 1000, precision
+form) instead of the disease map; `--generic` the disease map as a
+`LaplaceMarginal` (dense Hessian, Newton: the generic path takes the pair too).
 
 `--secant EPS ...` integrates leapfrog trajectories with each step size (the
 inverse mass of a 911-cell run's adaptation) and counts Newton steps per
@@ -164,13 +176,117 @@ def compare_secant(latent, log_joint, phi0, step_sizes, inverse_mass, seed=0):
         )
 
 
+def compare_trajectories(latent, phi0, step_sizes, inverse_mass, repeats, seed=0):
+    """Newton steps and CPU time per evaluation along leapfrog trajectories
+    through lapsample's integrator, with and without the predicted warm start."""
+    import lapsample
+    from lapsample._hamiltonian import Hamiltonian, initial_point
+    from lapsample._metric import metric_from_inverse_mass_matrix
+    from lapsample._misc import TreeRaveller
+    from lapsample._phase_space import FlatLogDensity
+
+    num_trajectories, num_steps = 8, 8
+
+    @eqx.filter_jit
+    def run(marginal, momenta, step_size):
+        logdensity = FlatLogDensity(marginal, TreeRaveller(phi0))
+        value, grad, aux = logdensity(phi0, None)
+        metric = metric_from_inverse_mass_matrix(inverse_mass, phi0)
+        hamiltonian = Hamiltonian(logdensity, metric, lapsample.Leapfrog(), step_size)
+
+        def trajectory(total, momentum):
+            point = initial_point(
+                phi0, momentum, value, grad, aux.theta_star,
+                logdensity.trail(phi0, aux.theta_star),
+            )  # fmt: skip
+
+            def step(carry, _):
+                point, steps = carry
+                point, _ = hamiltonian.step(point, jnp.ones((), jnp.int32))
+                return (point, steps + point.aux.num_steps), point.logdensity
+
+            (_, steps), values = jax.lax.scan(step, (point, 0), None, length=num_steps)
+            return total + steps, values
+
+        return jax.lax.scan(trajectory, 0, momenta)
+
+    variants = {
+        "previous mode": dataclasses.replace(latent, predictor=False),
+        "predictor": latent,
+    }
+    rng = np.random.default_rng(seed)
+    evaluations = num_trajectories * num_steps
+    print(
+        "\n| step size | Newton steps, previous mode | Newton steps, predictor | "
+        "largest log density difference | CPU-ms, previous mode | CPU-ms, predictor |"
+    )
+    print("|---|---|---|---|---|---|")
+    for step_size in step_sizes:
+        momenta = jnp.asarray(
+            rng.normal(size=(num_trajectories, phi0.size))
+        ) / jnp.sqrt(inverse_mass)
+        eps = jnp.asarray(step_size)
+        steps, values = {}, {}
+        for name, marginal in variants.items():
+            total, vals = run(marginal, momenta, eps)
+            steps[name], values[name] = int(total) / evaluations, np.asarray(vals)
+        cpu = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, marginal in variants.items():
+                start = time.process_time()
+                jax.block_until_ready(run(marginal, momenta, eps))
+                cpu[name].append(1e3 * (time.process_time() - start) / evaluations)
+        difference = np.abs(values["predictor"] - values["previous mode"]).max()
+        print(
+            f"| {step_size} | {steps['previous mode']:.2f} | "
+            f"{steps['predictor']:.2f} | {difference:.1e} | "
+            f"{np.median(cpu['previous mode']):.3g} | "
+            f"{np.median(cpu['predictor']):.3g} |"
+        )
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cells", type=int, default=911, choices=(100, 250, 911))
+    parser.add_argument("--cells", type=int, default=911, choices=(0, 100, 250, 911))
     parser.add_argument("--leapfrog", action="store_true")
     parser.add_argument("--xtol", type=float, nargs="+")
     parser.add_argument("--secant", type=float, nargs="+", metavar="STEP_SIZE")
+    parser.add_argument("--trajectories", type=float, nargs="+", metavar="STEP_SIZE")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--generic", action="store_true")
     args = parser.parse_args()
+    if args.trajectories:
+        if args.cells == 0:
+            import sys
+
+            sys.path.insert(0, str(ROOT.parent / "examples"))
+            import stochastic_volatility as sv
+
+            print("stochastic volatility, T = 1000, precision form")
+            compare_trajectories(
+                sv.latent_gaussian_marginal_for(sv.simulate(1000)),
+                jnp.array([-1.0, 2.94, -1.39]),
+                args.trajectories,
+                jnp.array([0.01, 0.25, 0.04]),
+                args.repeats,
+            )
+            return
+        latent, dense, _ = _disease_map_benchmark().disease_map_models(args.cells)
+        phi0 = jnp.array([math.log(0.8), math.log(6.0)])
+        kind = "LaplaceMarginal" if args.generic else "LatentGaussianMarginal"
+        print(
+            f"disease map, {args.cells} cells, {kind}, trajectories from "
+            "(log 0.8, log 6)"
+        )
+        compare_trajectories(
+            dense.with_hessian_for(phi0) if args.generic else latent,
+            phi0,
+            args.trajectories,
+            jnp.array(INVERSE_MASS),
+            args.repeats,
+        )
+        return
     latent, dense, _ = _disease_map_benchmark().disease_map_models(args.cells)
     if args.secant:
         print(f"disease map, {args.cells} cells, trajectories from (log 0.8, log 6)")

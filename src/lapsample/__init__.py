@@ -50,9 +50,7 @@ from ._hessian.diagonal import (
 )
 from ._inner import (
     AbstractInnerSolver as AbstractInnerSolver,
-    BFGS as BFGS,
     InnerSolution as InnerSolution,
-    LBFGS as LBFGS,
     Newton as Newton,
 )
 from ._integrator import (
@@ -85,6 +83,7 @@ from ._metric import (
     DiagonalMetric as DiagonalMetric,
     metric_from_inverse_mass_matrix as metric_from_inverse_mass_matrix,
 )
+from ._misc import WarmStart as WarmStart
 from ._numpyro import from_numpyro as from_numpyro, NumPyroModel as NumPyroModel
 from ._nuts import NoUTurn as NoUTurn
 from ._output.check_results import LaplaceCheckResults as LaplaceCheckResults
@@ -93,7 +92,11 @@ from ._output.predict import (
     predictive as predictive,
 )
 from ._output.sample_results import SampleResults as SampleResults
-from ._phase_space import FlatLogDensity as FlatLogDensity, PhasePoint as PhasePoint
+from ._phase_space import (
+    FlatLogDensity as FlatLogDensity,
+    PhasePoint as PhasePoint,
+    Trail as Trail,
+)
 from ._proposal import (
     AbstractProposal as AbstractProposal,
     AbstractWeightedProposal as AbstractWeightedProposal,
@@ -101,6 +104,7 @@ from ._proposal import (
     Multinomial as Multinomial,
     ProposalState as ProposalState,
 )
+from ._quasi_newton import BFGS as BFGS, LBFGS as LBFGS
 from ._results import RESULTS as RESULTS
 from ._sampler import (
     Sampler as Sampler,

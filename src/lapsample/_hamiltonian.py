@@ -8,7 +8,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 from ._integrator import AbstractIntegrator
 from ._marginal.base import MarginalAux
 from ._metric import AbstractMetric
-from ._phase_space import FlatLogDensity, PhasePoint
+from ._phase_space import FlatLogDensity, PhasePoint, Trail
 from ._results import RESULTS
 
 
@@ -33,7 +33,20 @@ class Hamiltonian(eqx.Module):
         self, point: PhasePoint, direction: Int[Array, ""]
     ) -> tuple[PhasePoint, Int[Array, ""]]:
         step_size = direction.astype(point.position.dtype) * self.step_size
-        return self.integrator.step(self.logdensity, self.metric, point, step_size)
+        new, failures = self.integrator.step(
+            self.logdensity, self.metric, point, step_size
+        )
+        if point.trail is not None and new.trail is None:
+            # An integrator that does not predict: the point it started from is
+            # the new point's trail (exactly so for one evaluation per step), so
+            # trajectories keep one structure.
+            new = eqx.tree_at(
+                lambda p: p.trail,
+                new,
+                self.logdensity.trail(point.position, point.aux.theta_star),
+                is_leaf=lambda x: x is None,
+            )
+        return new, failures
 
 
 def initial_point(
@@ -42,11 +55,13 @@ def initial_point(
     logdensity: ArrayLike,
     logdensity_grad: Float[Array, " n"],
     theta_star: PyTree[Array],
+    trail: Trail | None = None,
 ) -> PhasePoint:
     """The phase point a transition (or the step-size search) starts from: a chain's
     flat position, its cached log density and gradient, a fresh `momentum`, and the
     chain's latent mode as the aux (a successful solve), which warm-starts the
-    first inner solve of the trajectory."""
+    first inner solve of the trajectory; `trail` as `FlatLogDensity.trail` gives
+    it."""
     return PhasePoint(
         position=position,
         momentum=momentum,
@@ -57,4 +72,5 @@ def initial_point(
             result=RESULTS.successful,
             num_steps=jnp.zeros((), jnp.int32),
         ),
+        trail=trail,
     )

@@ -5,7 +5,6 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
 from ._custom_types import FlatFn
@@ -17,7 +16,7 @@ from ._hessian.base import (
 )
 from ._hoist import hoist
 from ._linesearch import backtracking_armijo
-from ._misc import default_step_tolerance, default_tolerance, max_abs
+from ._misc import default_step_tolerance, default_tolerance, max_abs, WarmStart
 from ._results import RESULTS
 from ._validate import check_int, check_solver_settings
 
@@ -50,6 +49,12 @@ class AbstractInnerSolver(eqx.Module):
     never raises on numerical failure: failures are result codes.
     """
 
+    @property
+    def takes_warm_start_pair(self) -> bool:
+        """Whether `solve` accepts a [`lapsample.WarmStart`][] of two flat starts
+        as `theta0` (and starts from the better one)."""
+        return False
+
     @abc.abstractmethod
     def solve(
         self,
@@ -61,7 +66,9 @@ class AbstractInnerSolver(eqx.Module):
         """**Arguments:**
 
         - `fn`: the negative log joint `fn(theta_flat, phi)`.
-        - `theta0`: the starting point (a warm start when available).
+        - `theta0`: the starting point (a warm start when available); for a solver
+          whose `takes_warm_start_pair` is `True`, possibly a
+          [`lapsample.WarmStart`][] of two.
         - `phi`: the hyperparameters.
         - `hessian`: the Hessian strategy used to factorise at the solution.
 
@@ -71,7 +78,7 @@ class AbstractInnerSolver(eqx.Module):
         """
 
 
-def _finalise(fn, theta, phi, hessian, result, num_steps) -> InnerSolution:
+def finalise_solution(fn, theta, phi, hessian, result, num_steps) -> InnerSolution:
     factor = hessian.factorise(fn, theta, phi)
     result = factor_result(factor, result)
     return InnerSolution(
@@ -145,7 +152,14 @@ class Newton(AbstractInnerSolver):
         )
         check_int("Newton(max_backtracks=...)", self.max_backtracks, 0)
 
+    @property
+    def takes_warm_start_pair(self) -> bool:
+        return True
+
     def solve(self, fn, theta0, phi, hessian):
+        starts = theta0 if isinstance(theta0, WarmStart) else None
+        if starts is not None:
+            theta0 = starts.previous
         dtype = theta0.dtype
         rtol = default_tolerance(dtype) if self.rtol is None else self.rtol
         atol = default_tolerance(dtype) if self.atol is None else self.atol
@@ -201,9 +215,20 @@ class Newton(AbstractInnerSolver):
         evaluate = hoist(evaluate, theta0, memo=memo)
         objective = hoist(lambda t: fn(t, phi), theta0, memo=memo)
 
-        value, grad, factor, direction, decrement, ok = evaluate(theta0)
         _, grad_affine, *_ = evaluate.affine
-        if hessian.exact and all(jax.tree.leaves(grad_affine)):
+        quadratic = hessian.exact and all(jax.tree.leaves(grad_affine))
+        if starts is not None and not quadratic:
+            # Two starts (a sampler's previous mode and a predicted one): the one
+            # with the lower objective, with the phi-only work shared. (From any
+            # start one step solves a quadratic.)
+            value_previous = objective(starts.previous)
+            value_predicted = objective(starts.predicted)
+            better = jnp.isfinite(value_predicted) & (
+                ~jnp.isfinite(value_previous) | (value_predicted < value_previous)
+            )
+            theta0 = jnp.where(better, starts.predicted, starts.previous)
+        value, grad, factor, direction, decrement, ok = evaluate(theta0)
+        if quadratic:
             # The gradient is affine in theta (proved from the operations that
             # compute it; `hoist`), so fn is quadratic, and with the exact Hessian
             # one full Newton step lands on its minimum: a second iterate would
@@ -303,91 +328,4 @@ Newton.__init__.__doc__ = """**Arguments:**
 - `max_steps`: the most Newton iterations per solve. Warm-started solves inside a
     sampler typically take 1 or 2.
 - `max_backtracks`: the most step halvings in the line search of one iteration.
-"""
-
-
-class _AbstractOptxSolver(AbstractInnerSolver):
-    rtol: eqx.AbstractVar[float | None]
-    atol: eqx.AbstractVar[float | None]
-    max_steps: eqx.AbstractVar[int]
-
-    def __check_init__(self):
-        check_solver_settings(
-            type(self).__name__, self.max_steps, rtol=self.rtol, atol=self.atol
-        )
-
-    @abc.abstractmethod
-    def _minimiser(self, dtype) -> optx.AbstractMinimiser:
-        """The Optimistix minimiser, with tolerances resolved for `dtype`."""
-
-    def solve(self, fn, theta0, phi, hessian):
-        solution = optx.minimise(
-            fn,
-            self._minimiser(theta0.dtype),
-            theta0,
-            args=phi,
-            max_steps=self.max_steps,
-            throw=False,
-        )
-        theta = solution.value
-        num_steps = solution.stats["num_steps"]
-        return _finalise(
-            fn, theta, phi, hessian, RESULTS.promote(solution.result), num_steps
-        )
-
-
-def _tolerances(solver, dtype):
-    rtol = default_tolerance(dtype) ** (2 / 3) if solver.rtol is None else solver.rtol
-    atol = default_tolerance(dtype) ** (2 / 3) if solver.atol is None else solver.atol
-    return rtol, atol
-
-
-class BFGS(_AbstractOptxSolver):
-    """`optimistix.BFGS` as the inner solver, then one Hessian and one
-    factorisation at its answer.
-
-    Quasi-Newton solvers need no Hessian while iterating, but on stiff latent models
-    (Poisson GPs) they can stop far from the mode; `Newton()` is the safer default.
-    """
-
-    rtol: float | None = None
-    atol: float | None = None
-    max_steps: int = 256
-
-    def _minimiser(self, dtype):
-        rtol, atol = _tolerances(self, dtype)
-        return optx.BFGS(rtol=rtol, atol=atol)
-
-
-BFGS.__init__.__doc__ = """**Arguments:**
-
-- `rtol`, `atol`: Optimistix's Cauchy termination tolerances. `None` gives `1e-8` in
-    float64 and `3e-4` in float32.
-- `max_steps`: the most BFGS iterations per solve.
-"""
-
-
-class LBFGS(_AbstractOptxSolver):
-    """`optimistix.LBFGS` as the inner solver, then one Hessian and one
-    factorisation at its answer."""
-
-    rtol: float | None = None
-    atol: float | None = None
-    max_steps: int = 256
-    history_length: int = 10
-
-    def __check_init__(self):
-        check_int("LBFGS(history_length=...)", self.history_length, 1)
-
-    def _minimiser(self, dtype):
-        rtol, atol = _tolerances(self, dtype)
-        return optx.LBFGS(rtol=rtol, atol=atol, history_length=self.history_length)
-
-
-LBFGS.__init__.__doc__ = """**Arguments:**
-
-- `rtol`, `atol`: Optimistix's Cauchy termination tolerances. `None` gives `1e-8` in
-    float64 and `3e-4` in float32.
-- `max_steps`: the most L-BFGS iterations per solve.
-- `history_length`: the number of past gradient pairs kept.
 """

@@ -19,8 +19,10 @@ class AbstractIntegrator(eqx.Module):
     `step(logdensity, metric, point, step_size)` advances a
     [`lapsample.PhasePoint`][] by one step of signed size `step_size` (negative
     integrates backwards in time). Each evaluation of the log density is
-    warm-started from the previous evaluation's `theta_star`, so the returned point
-    carries the latent mode at its position.
+    warm-started from the previous evaluation's `theta_star` (and, for a marginal
+    that takes one, a prediction from the point's `trail`:
+    `FlatLogDensity.warm_start`), so the returned point carries the latent mode at
+    its position.
     """
 
     @abc.abstractmethod
@@ -74,6 +76,7 @@ class AbstractPalindromicIntegrator(AbstractIntegrator):
         position = point.position
         momentum = point.momentum
         value, grad, aux = point.logdensity, point.logdensity_grad, point.aux
+        trail = point.trail
         failures = jnp.zeros((), jnp.int32)
         first_failure = RESULTS.successful
         max_inner = jnp.zeros((), jnp.int32)
@@ -82,8 +85,13 @@ class AbstractPalindromicIntegrator(AbstractIntegrator):
             if i % 2 == 0:
                 momentum = momentum + c * grad
             else:
-                position = position + c * metric.velocity(momentum)
-                value, grad, aux = logdensity(position, aux.theta_star)
+                new_position = position + c * metric.velocity(momentum)
+                guess = logdensity.warm_start(
+                    trail, position, aux.theta_star, new_position
+                )
+                trail = logdensity.trail(position, aux.theta_star)
+                position = new_position
+                value, grad, aux = logdensity(position, guess)
                 failed = aux.result != RESULTS.successful
                 failures = failures + failed.astype(jnp.int32)
                 first_failure = RESULTS.where(
@@ -94,7 +102,7 @@ class AbstractPalindromicIntegrator(AbstractIntegrator):
         aux = MarginalAux(
             theta_star=aux.theta_star, result=first_failure, num_steps=max_inner
         )
-        return PhasePoint(position, momentum, value, grad, aux), failures
+        return PhasePoint(position, momentum, value, grad, aux, trail), failures
 
 
 class Leapfrog(AbstractPalindromicIntegrator):

@@ -121,9 +121,28 @@ def closure_convert(fn: Callable, *example_args) -> Callable:
     return eqx.filter_closure_convert(fn, *example_args)
 
 
-def keep_warm_start(theta: PyTree, theta_guess: PyTree | None) -> PyTree:
-    """`theta`, or the warm start `theta_guess` where `theta` is not finite: a
-    failed solve must not poison the next warm start."""
+class WarmStart(eqx.Module):
+    """Two warm starts for one inner solve, as the integrators pass them along a
+    trajectory to a marginal whose `takes_warm_start_pair` is `True`:
+
+    - `previous`: the mode at the previous evaluation of the trajectory;
+    - `predicted`: a prediction of the mode at this one, from the last two modes
+      (their difference, scaled by the projection of this move on the last).
+
+    The marginal's inner solve starts from whichever of the two its own objective
+    ranks higher at the new `phi`.
+    """
+
+    previous: PyTree
+    predicted: PyTree
+
+
+def keep_warm_start(theta: PyTree, theta_guess: WarmStart | PyTree | None) -> PyTree:
+    """`theta`, or the warm start `theta_guess` (a `WarmStart`'s previous mode)
+    where `theta` is not finite: a failed solve must not poison the next warm
+    start."""
+    if isinstance(theta_guess, WarmStart):
+        theta_guess = theta_guess.previous
     if theta is None or theta_guess is None:
         return theta
     return tree_where(all_finite(theta), theta, theta_guess)

@@ -258,6 +258,7 @@ def _step(sampler: Sampler, key, state):
         state.logdensity,
         raveller.ravel(state.logdensity_grad),
         state.theta_star,
+        logdensity.trail(flat, state.theta_star),
     )
     hamiltonian = Hamiltonian(
         logdensity,

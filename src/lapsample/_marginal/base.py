@@ -32,8 +32,15 @@ class AbstractMarginal(eqx.Module):
     `marginal(phi, theta_guess)` returns `(log_density, aux)` and is differentiable in
     `phi` with `jax.value_and_grad(marginal, has_aux=True)`. `theta_guess` is a warm
     start for the latent (ignored by marginals without one); samplers pass the
-    previous evaluation's `aux.theta_star`.
+    previous evaluation's `aux.theta_star`, or, to a marginal whose
+    `takes_warm_start_pair` is `True`, a [`lapsample.WarmStart`][] holding it and a
+    predicted mode.
     """
+
+    @property
+    def takes_warm_start_pair(self) -> bool:
+        """Whether samplers pass a [`lapsample.WarmStart`][] as `theta_guess`."""
+        return False
 
     @abc.abstractmethod
     def __call__(

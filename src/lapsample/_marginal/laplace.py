@@ -1,6 +1,7 @@
 """`LaplaceMarginal`: the Laplace marginal of any `log_joint(theta, phi)`, with a
 pluggable inner solver and Hessian strategy."""
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from .._hessian.base import (
     second_directional,
 )
 from .._inner import AbstractInnerSolver, Newton
-from .._misc import NegativeLogJoint, TreeRaveller
+from .._misc import NegativeLogJoint, TreeRaveller, WarmStart
 from .._results import failure_fix, RESULTS
 from .._validate import check_float_tree, nonfinite_report, warn_if_low_precision
 from .ad import laplace_log_marginal
@@ -111,6 +112,11 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     hessian: AbstractHessianStrategy = AutoHessian()
     # Static: a description, not data (it names the strategy that was chosen).
     hessian_reason: str | None = eqx.field(default=None, static=True)
+    predictor: bool = eqx.field(default=True, static=True)
+
+    @property
+    def takes_warm_start_pair(self) -> bool:
+        return self.predictor and self.inner_solver.takes_warm_start_pair
 
     def __check_init__(self):
         if not callable(self.log_joint):
@@ -169,9 +175,7 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
             return self
         self._check_inputs(phi)
         strategy, reason = self.hessian.choose(self.log_joint, self.theta_init, phi)
-        return LaplaceMarginal(
-            self.log_joint, self.theta_init, self.inner_solver, strategy, reason
-        )
+        return dataclasses.replace(self, hessian=strategy, hessian_reason=reason)
 
     def check(self, phi: PyTree[ArrayLike]) -> None:
         """Check that `log_joint` works at `(theta_init, phi)`, before any compilation.
@@ -296,8 +300,13 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     def __call__(self, phi, theta_guess=None):
         raveller = self.raveller
         guess = self.theta_init if theta_guess is None else theta_guess
-        theta0 = raveller.ravel(guess)
-        fn = self._negative_log_joint(theta0, phi)
+        flat = raveller.ravel
+        if isinstance(guess, WarmStart):
+            theta0 = WarmStart(flat(guess.previous), flat(guess.predicted))
+            example = theta0.previous
+        else:
+            theta0 = example = flat(guess)
+        fn = self._negative_log_joint(example, phi)
         value, theta_flat, result, num_steps = laplace_log_marginal(
             phi, fn, theta0, self.inner_solver, self.hessian
         )
@@ -383,4 +392,7 @@ LaplaceMarginal.__init__.__doc__ = """**Arguments:**
     `with_hessian_for`): see the class docstring.
 - `hessian_reason`: set by `with_hessian_for` (why the strategy was chosen);
     leave it out.
+- `predictor`: with [`lapsample.Newton`][], samplers also pass a predicted mode (a
+    [`lapsample.WarmStart`][]) and Newton starts from the better of it and the
+    previous mode by the log joint; `False` starts from the previous mode alone.
 """

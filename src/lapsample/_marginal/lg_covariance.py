@@ -15,6 +15,7 @@ from .._linalg.dense import (
     factor_finite,
     gram_of_lower_inverse,
 )
+from .._misc import WarmStart
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
 
@@ -137,7 +138,8 @@ def newton_in_a(
     (the highest objective): `theta = m` (`a = 0`); `a = ∇ℓ(theta_guess)`, which is
     `a*` exactly when `theta_guess` is the mode at the same phi; and
     `a = K⁻¹(theta_guess - m)` from the Cholesky factor `chol_cov` of `K`
-    (`covariance_factor`, also the certificate), i.e. `theta_guess` itself.
+    (`covariance_factor`, also the certificate), i.e. `theta_guess` itself; for a
+    `WarmStart`, `K⁻¹(start - m)` of its previous and predicted modes.
     From the previous mode of a trajectory the last is the closest: the second
     maps it through the new `K` (phi moved by 0.1 on the 911-cell disease map:
     4.0 Newton steps from it, 3.0 from the previous mode itself;
@@ -148,20 +150,23 @@ def newton_in_a(
     a0 = jnp.zeros(cov.shape[0], cov.dtype)
     theta0 = mean
     psi0 = psi(a0, theta0)
-    if theta_guess is not None:
-        candidates = (
-            latent_grad(theta_guess),
-            jsl.cho_solve((chol_cov, True), theta_guess - mean),
-        )
-        for a_guess in candidates:
-            theta_guess_a = mean + cov @ a_guess
-            psi_guess = psi(a_guess, theta_guess_a)
-            better = jnp.isfinite(psi_guess) & (
-                ~jnp.isfinite(psi0) | (psi_guess >= psi0)
-            )
-            a0 = jnp.where(better, a_guess, a0)
-            theta0 = jnp.where(better, theta_guess_a, theta0)
-            psi0 = jnp.where(better, psi_guess, psi0)
+    if isinstance(theta_guess, WarmStart):
+        previous, predicted = theta_guess.previous, theta_guess.predicted
+    else:
+        previous, predicted = theta_guess, None
+    candidates = []
+    if previous is not None:
+        candidates.append(latent_grad(previous))
+        candidates.append(jsl.cho_solve((chol_cov, True), previous - mean))
+    if predicted is not None:
+        candidates.append(jsl.cho_solve((chol_cov, True), predicted - mean))
+    for a_guess in candidates:
+        theta_guess_a = mean + cov @ a_guess
+        psi_guess = psi(a_guess, theta_guess_a)
+        better = jnp.isfinite(psi_guess) & (~jnp.isfinite(psi0) | (psi_guess >= psi0))
+        a0 = jnp.where(better, a_guess, a0)
+        theta0 = jnp.where(better, theta_guess_a, theta0)
+        psi0 = jnp.where(better, psi_guess, psi0)
 
     def trial_value(s, step):
         return psi(s.a + step * (s.a_new - s.a), s.theta + step * s.step_vector)

@@ -17,6 +17,7 @@ from .._linalg.banded import (
     blocks_inner,
     lower_bands_to_blocks,
 )
+from .._misc import WarmStart
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
 
@@ -103,15 +104,19 @@ def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps, associat
 
 def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
     q_blocks = lower_bands_to_blocks(band)
-    psi_mean = _prec_psi(lik, params, band, mean, mean)
-    if theta_guess is None:
-        theta0 = mean
+    # The best start by the objective: the prior mean, the guess, and for a
+    # `WarmStart` its predicted mode too.
+    theta0 = mean
+    psi0 = _prec_psi(lik, params, band, mean, mean)
+    if isinstance(theta_guess, WarmStart):
+        starts = (theta_guess.previous, theta_guess.predicted)
     else:
-        psi_guess = _prec_psi(lik, params, band, mean, theta_guess)
-        use_guess = jnp.isfinite(psi_guess) & (
-            ~jnp.isfinite(psi_mean) | (psi_guess >= psi_mean)
-        )
-        theta0 = jnp.where(use_guess, theta_guess, mean)
+        starts = () if theta_guess is None else (theta_guess,)
+    for start in starts:
+        psi_start = _prec_psi(lik, params, band, mean, start)
+        better = jnp.isfinite(psi_start) & (~jnp.isfinite(psi0) | (psi_start >= psi0))
+        theta0 = jnp.where(better, start, theta0)
+        psi0 = jnp.where(better, psi_start, psi0)
 
     def evaluate(theta, num_steps):
         return _prec_evaluate(

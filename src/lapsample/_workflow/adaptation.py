@@ -229,7 +229,12 @@ def find_reasonable_step_size(
     def energy_change(eps, k):
         momentum = sampler.metric.sample_momentum(k, flat)
         point = initial_point(
-            flat, momentum, state.logdensity, logdensity_grad, state.theta_star
+            flat,
+            momentum,
+            state.logdensity,
+            logdensity_grad,
+            state.theta_star,
+            logdensity.trail(flat, state.theta_star),
         )
         hamiltonian = Hamiltonian(
             logdensity, sampler.metric, sampler.integrator, eps.astype(dtype)

@@ -17,6 +17,13 @@ medians). `--cells 0` runs the stochastic volatility model (T = 1000, precision
 form) instead of the disease map; `--generic` the disease map as a
 `LaplaceMarginal` (dense Hessian, Newton: the generic path takes the pair too).
 
+`--sample ROUNDS` runs `lapsample.sample` (NUTS, 2 chains × (150 + 150), keys
+1..ROUNDS) with and without the prediction, interleaved, and prints CPU-ms per
+leapfrog step (warm-up included) and the mean over transitions of the most Newton
+steps of an evaluation; the first round includes compilation. Run it with
+`XLA_FLAGS` set to `--xla_cpu_multi_thread_eigen=false
+--xla_force_host_platform_device_count=2`.
+
 `--secant EPS ...` integrates leapfrog trajectories with each step size (the
 inverse mass of a 911-cell run's adaptation) and counts Newton steps per
 evaluation from the previous mode, from a secant prediction (the last two modes
@@ -61,6 +68,12 @@ jax.config.update("jax_enable_x64", True)
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+
+import lapsample
+from lapsample._hamiltonian import Hamiltonian, initial_point
+from lapsample._metric import metric_from_inverse_mass_matrix
+from lapsample._misc import TreeRaveller
+from lapsample._phase_space import FlatLogDensity
 
 
 ROOT = Path(__file__).resolve().parent
@@ -179,12 +192,6 @@ def compare_secant(latent, log_joint, phi0, step_sizes, inverse_mass, seed=0):
 def compare_trajectories(latent, phi0, step_sizes, inverse_mass, repeats, seed=0):
     """Newton steps and CPU time per evaluation along leapfrog trajectories
     through lapsample's integrator, with and without the predicted warm start."""
-    import lapsample
-    from lapsample._hamiltonian import Hamiltonian, initial_point
-    from lapsample._metric import metric_from_inverse_mass_matrix
-    from lapsample._misc import TreeRaveller
-    from lapsample._phase_space import FlatLogDensity
-
     num_trajectories, num_steps = 8, 8
 
     @eqx.filter_jit
@@ -246,6 +253,41 @@ def compare_trajectories(latent, phi0, step_sizes, inverse_mass, repeats, seed=0
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
+def compare_sampling(latent, phi0, rounds, iterations=150):
+    """CPU time per leapfrog step and Newton steps of `lapsample.sample`, with and
+    without the predicted warm start, interleaved."""
+    variants = {
+        "previous mode": dataclasses.replace(latent, predictor=False),
+        "predictor": latent,
+    }
+    print("\n| round | variant | CPU s | leapfrog steps | CPU-ms per step | Newton |")
+    print("|---|---|---|---|---|---|")
+    for r in range(1, rounds + 1):
+        for name, marginal in variants.items():
+            start = time.process_time()
+            results = lapsample.sample(
+                jax.random.key(r),
+                marginal,
+                phi0,
+                num_warmup=iterations,
+                num_samples=iterations,
+                num_chains=2,
+                progress_bar=False,
+                save_warmup=True,
+            )
+            cpu = time.process_time() - start
+            steps = sum(
+                int(np.asarray(stats["n_steps"]).sum())
+                for stats in (results.sample_stats, results.warmup_sample_stats)
+            )
+            newton = np.asarray(results.sample_stats["inner_steps"], float).mean()
+            print(
+                f"| {r} | {name} | {cpu:.1f} | {steps} | {1e3 * cpu / steps:.1f} | "
+                f"{newton:.2f} |"
+            )
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", type=int, default=911, choices=(0, 100, 250, 911))
@@ -255,7 +297,13 @@ def main():
     parser.add_argument("--trajectories", type=float, nargs="+", metavar="STEP_SIZE")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--generic", action="store_true")
+    parser.add_argument("--sample", type=int, metavar="ROUNDS")
     args = parser.parse_args()
+    if args.sample:
+        latent, _, _ = _disease_map_benchmark().disease_map_models(args.cells)
+        print(f"disease map, {args.cells} cells, lapsample.sample, NUTS")
+        compare_sampling(latent, jnp.array([math.log(0.8), math.log(6.0)]), args.sample)
+        return
     if args.trajectories:
         if args.cells == 0:
             import sys
@@ -329,12 +377,8 @@ def main():
             predicted.append(int(solve(phi0 + d, theta0 + tangent @ d).num_steps))
         print(f"| {length} | {np.mean(plain):.1f} | {np.mean(predicted):.1f} |")
     if args.leapfrog:
-        import jax.random as jr
-
-        import lapsample
-
         results = lapsample.sample(
-            jr.key(0),
+            jax.random.key(0),
             latent,
             phi0,
             num_warmup=200,

@@ -219,14 +219,21 @@ class Newton(AbstractInnerSolver):
         quadratic = hessian.exact and all(jax.tree.leaves(grad_affine))
         if starts is not None and not quadratic:
             # Two starts (a sampler's previous mode and a predicted one): the one
-            # with the lower objective, with the phi-only work shared. (From any
-            # start one step solves a quadratic.)
-            value_previous = objective(starts.previous)
-            value_predicted = objective(starts.predicted)
-            better = jnp.isfinite(value_predicted) & (
-                ~jnp.isfinite(value_previous) | (value_predicted < value_previous)
+            # with the lower objective, with the phi-only work shared; not compared
+            # where they are equal (a trajectory's first step). From any start one
+            # step solves a quadratic.
+            def choose(pair):
+                before, ahead = objective(pair.previous), objective(pair.predicted)
+                # `~(>=)`: also where the previous start's objective is NaN.
+                better = jnp.isfinite(ahead) & ~(ahead >= before)
+                return jnp.where(better, pair.predicted, pair.previous)
+
+            theta0 = jax.lax.cond(
+                jnp.any(starts.predicted != starts.previous),
+                choose,
+                lambda pair: pair.previous,
+                starts,
             )
-            theta0 = jnp.where(better, starts.predicted, starts.previous)
         value, grad, factor, direction, decrement, ok = evaluate(theta0)
         if quadratic:
             # The gradient is affine in theta (proved from the operations that

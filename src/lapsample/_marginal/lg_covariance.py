@@ -150,23 +150,36 @@ def newton_in_a(
     a0 = jnp.zeros(cov.shape[0], cov.dtype)
     theta0 = mean
     psi0 = psi(a0, theta0)
-    if isinstance(theta_guess, WarmStart):
-        previous, predicted = theta_guess.previous, theta_guess.predicted
-    else:
-        previous, predicted = theta_guess, None
-    candidates = []
-    if previous is not None:
-        candidates.append(latent_grad(previous))
-        candidates.append(jsl.cho_solve((chol_cov, True), previous - mean))
-    if predicted is not None:
-        candidates.append(jsl.cho_solve((chol_cov, True), predicted - mean))
-    for a_guess in candidates:
+
+    def consider(best, a_guess):
+        a0, theta0, psi0 = best
         theta_guess_a = mean + cov @ a_guess
         psi_guess = psi(a_guess, theta_guess_a)
         better = jnp.isfinite(psi_guess) & (~jnp.isfinite(psi0) | (psi_guess >= psi0))
-        a0 = jnp.where(better, a_guess, a0)
-        theta0 = jnp.where(better, theta_guess_a, theta0)
-        psi0 = jnp.where(better, psi_guess, psi0)
+        return (
+            jnp.where(better, a_guess, a0),
+            jnp.where(better, theta_guess_a, theta0),
+            jnp.where(better, psi_guess, psi0),
+        )
+
+    previous = theta_guess
+    if isinstance(theta_guess, WarmStart):
+        previous = theta_guess.previous
+    best = (a0, theta0, psi0)
+    if previous is not None:
+        best = consider(best, latent_grad(previous))
+        best = consider(best, jsl.cho_solve((chol_cov, True), previous - mean))
+    if isinstance(theta_guess, WarmStart):
+        # Two solves and a product with K (O(n²)), skipped where the prediction is
+        # the previous mode (a trajectory's first step from its initial point).
+        predicted = theta_guess.predicted
+        best = jax.lax.cond(
+            jnp.any(predicted != previous),
+            lambda b: consider(b, jsl.cho_solve((chol_cov, True), predicted - mean)),
+            lambda b: b,
+            best,
+        )
+    a0, theta0, psi0 = best
 
     def trial_value(s, step):
         return psi(s.a + step * (s.a_new - s.a), s.theta + step * s.step_vector)

@@ -17,7 +17,7 @@ from .._linalg.dense import (
 )
 from .._misc import WarmStart
 from .._results import RESULTS
-from .lg_newton import damped_newton, NewtonSettings
+from .lg_newton import better_start, damped_newton, NewtonSettings
 
 
 # --------------------------------------------------------------------------------
@@ -138,8 +138,9 @@ def newton_in_a(
     (the highest objective): `theta = m` (`a = 0`); `a = ∇ℓ(theta_guess)`, which is
     `a*` exactly when `theta_guess` is the mode at the same phi; and
     `a = K⁻¹(theta_guess - m)` from the Cholesky factor `chol_cov` of `K`
-    (`covariance_factor`, also the certificate), i.e. `theta_guess` itself; for a
-    `WarmStart`, `K⁻¹(start - m)` of its previous and predicted modes.
+    (`covariance_factor`, also the certificate), i.e. `theta_guess` itself. For a
+    `WarmStart` its previous mode takes the place of `theta_guess`, and
+    `a = K⁻¹(predicted - m)` is a fourth candidate.
     From the previous mode of a trajectory the last is the closest: the second
     maps it through the new `K` (phi moved by 0.1 on the 911-cell disease map:
     4.0 Newton steps from it, 3.0 from the previous mode itself;
@@ -155,7 +156,7 @@ def newton_in_a(
         a0, theta0, psi0 = best
         theta_guess_a = mean + cov @ a_guess
         psi_guess = psi(a_guess, theta_guess_a)
-        better = jnp.isfinite(psi_guess) & (~jnp.isfinite(psi0) | (psi_guess >= psi0))
+        better = better_start(psi_guess, psi0)
         return (
             jnp.where(better, a_guess, a0),
             jnp.where(better, theta_guess_a, theta0),

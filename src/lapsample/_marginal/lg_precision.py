@@ -19,7 +19,7 @@ from .._linalg.banded import (
 )
 from .._misc import WarmStart
 from .._results import RESULTS
-from .lg_newton import damped_newton, NewtonSettings
+from .lg_newton import better_start, damped_newton, NewtonSettings
 
 
 BAND_LAYOUT = (
@@ -114,7 +114,7 @@ def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
         starts = () if theta_guess is None else (theta_guess,)
     for start in starts:
         psi_start = _prec_psi(lik, params, band, mean, start)
-        better = jnp.isfinite(psi_start) & (~jnp.isfinite(psi0) | (psi_start >= psi0))
+        better = better_start(psi_start, psi0)
         theta0 = jnp.where(better, start, theta0)
         psi0 = jnp.where(better, psi_start, psi0)
 

@@ -16,7 +16,13 @@ from ._hessian.base import (
 )
 from ._hoist import hoist
 from ._linesearch import backtracking_armijo
-from ._misc import default_step_tolerance, default_tolerance, max_abs, WarmStart
+from ._misc import (
+    better_start,
+    default_step_tolerance,
+    default_tolerance,
+    max_abs,
+    WarmStart,
+)
 from ._results import RESULTS
 from ._validate import check_int, check_solver_settings
 
@@ -223,9 +229,10 @@ class Newton(AbstractInnerSolver):
             # where they are equal (a trajectory's first step). From any start one
             # step solves a quadratic.
             def choose(pair):
-                before, ahead = objective(pair.previous), objective(pair.predicted)
-                # `~(>=)`: also where the previous start's objective is NaN.
-                better = jnp.isfinite(ahead) & ~(ahead >= before)
+                # `fn` is minimised: its negative ranks the starts.
+                better = better_start(
+                    -objective(pair.predicted), -objective(pair.previous)
+                )
                 return jnp.where(better, pair.predicted, pair.previous)
 
             theta0 = jax.lax.cond(

@@ -137,12 +137,32 @@ class WarmStart(eqx.Module):
     predicted: PyTree
 
 
+def previous_mode(theta_guess: WarmStart | PyTree | None) -> PyTree | None:
+    """A warm start, or a `WarmStart`'s previous mode."""
+    if isinstance(theta_guess, WarmStart):
+        return theta_guess.previous
+    return theta_guess
+
+
+def map_starts(fn: Callable, theta_guess: WarmStart | PyTree | None):
+    """`fn` applied to a warm start, or to each of a `WarmStart`'s two (`None`
+    stays `None`)."""
+    if isinstance(theta_guess, WarmStart):
+        return WarmStart(fn(theta_guess.previous), fn(theta_guess.predicted))
+    return None if theta_guess is None else fn(theta_guess)
+
+
+def better_start(value: Array, best: Array) -> Array:
+    """Whether a start whose objective (maximised) is `value` beats the best so
+    far: `value` finite, and not lower (or the best so far is not finite)."""
+    return jnp.isfinite(value) & (~jnp.isfinite(best) | (value >= best))
+
+
 def keep_warm_start(theta: PyTree, theta_guess: WarmStart | PyTree | None) -> PyTree:
     """`theta`, or the warm start `theta_guess` (a `WarmStart`'s previous mode)
     where `theta` is not finite: a failed solve must not poison the next warm
     start."""
-    if isinstance(theta_guess, WarmStart):
-        theta_guess = theta_guess.previous
+    theta_guess = previous_mode(theta_guess)
     if theta is None or theta_guess is None:
         return theta
     return tree_where(all_finite(theta), theta, theta_guess)

@@ -21,7 +21,7 @@ from .._hessian.base import (
     second_directional,
 )
 from .._inner import AbstractInnerSolver, Newton
-from .._misc import NegativeLogJoint, TreeRaveller, WarmStart
+from .._misc import map_starts, NegativeLogJoint, previous_mode, TreeRaveller
 from .._results import failure_fix, RESULTS
 from .._validate import check_float_tree, nonfinite_report, warn_if_low_precision
 from .ad import laplace_log_marginal
@@ -300,13 +300,8 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
     def __call__(self, phi, theta_guess=None):
         raveller = self.raveller
         guess = self.theta_init if theta_guess is None else theta_guess
-        flat = raveller.ravel
-        if isinstance(guess, WarmStart):
-            theta0 = WarmStart(flat(guess.previous), flat(guess.predicted))
-            example = theta0.previous
-        else:
-            theta0 = example = flat(guess)
-        fn = self._negative_log_joint(example, phi)
+        theta0 = map_starts(raveller.ravel, guess)
+        fn = self._negative_log_joint(raveller.ravel(previous_mode(guess)), phi)
         value, theta_flat, result, num_steps = laplace_log_marginal(
             phi, fn, theta0, self.inner_solver, self.hessian
         )

@@ -63,7 +63,7 @@ from .._linalg.banded import (
     lower_bands_to_blocks,
     use_associative,
 )
-from .._misc import default_step_tolerance, default_tolerance, WarmStart
+from .._misc import default_step_tolerance, default_tolerance, map_starts
 from .._results import RESULTS
 from .._validate import check_int, check_solver_settings
 from .ad import finish_forward
@@ -357,10 +357,7 @@ class LatentGaussianMarginal(AbstractLaplaceMarginal):
                 )
             return start
 
-        if isinstance(guess, WarmStart):
-            guess = WarmStart(latent(guess.previous), latent(guess.predicted))
-        elif guess is not None:
-            guess = latent(guess)
+        guess = map_starts(latent, guess)
         value, theta, result, num_steps = _latent_gaussian_log_marginal(
             phi, fns, self._linked(mat.shape[1]), guess, self._settings(mat.dtype)
         )

@@ -15,9 +15,9 @@ from .._linalg.dense import (
     factor_finite,
     gram_of_lower_inverse,
 )
-from .._misc import WarmStart
+from .._misc import better_start, previous_mode, WarmStart
 from .._results import RESULTS
-from .lg_newton import better_start, damped_newton, NewtonSettings
+from .lg_newton import damped_newton, NewtonSettings
 
 
 # --------------------------------------------------------------------------------
@@ -163,9 +163,7 @@ def newton_in_a(
             jnp.where(better, psi_guess, psi0),
         )
 
-    previous = theta_guess
-    if isinstance(theta_guess, WarmStart):
-        previous = theta_guess.previous
+    previous = previous_mode(theta_guess)
     best = (a0, theta0, psi0)
     if previous is not None:
         best = consider(best, latent_grad(previous))

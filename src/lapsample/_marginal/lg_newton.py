@@ -1,7 +1,7 @@
-"""The one damped-Newton loop of both latent-Gaussian forms, its settings, its line
-search and how their starts are ranked. Each form supplies its state (a Module with
-`theta`, `value`, `decrement`, `step_vector`, `ok`, `num_steps`, `done`), how to
-move it, and the objective along a step."""
+"""The one damped-Newton loop of both latent-Gaussian forms, its settings and its
+line search. Each form supplies its state (a Module with `theta`, `value`,
+`decrement`, `step_vector`, `ok`, `num_steps`, `done`), how to move it, and the
+objective along a step."""
 
 import equinox as eqx
 import jax
@@ -20,12 +20,6 @@ class NewtonSettings(eqx.Module):
     rtol: float = eqx.field(static=True)
     atol: float = eqx.field(static=True)
     associative: bool = eqx.field(static=True)
-
-
-def better_start(psi_start, psi_best):
-    """Whether a start whose objective is `psi_start` beats the best so far: a
-    finite objective, higher (or the best so far is not finite)."""
-    return jnp.isfinite(psi_start) & (~jnp.isfinite(psi_best) | (psi_start >= psi_best))
 
 
 def damped_newton(state, move, trial_value, settings: NewtonSettings, settle=None):

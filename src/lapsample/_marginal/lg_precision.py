@@ -17,9 +17,9 @@ from .._linalg.banded import (
     blocks_inner,
     lower_bands_to_blocks,
 )
-from .._misc import WarmStart
+from .._misc import better_start, WarmStart
 from .._results import RESULTS
-from .lg_newton import better_start, damped_newton, NewtonSettings
+from .lg_newton import damped_newton, NewtonSettings
 
 
 BAND_LAYOUT = (

@@ -27,9 +27,10 @@ from .helpers import central_difference_grad, evaluate, oracle_log_marginal
 # --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [1, 64, 65, 200])
+@pytest.mark.parametrize("n", [1, 64, 65, 200, 300])
 def test_inverse_lower_matches_triangular_solve(n):
-    # 64 is one leaf; 65 and 200 recurse with a ragged last block.
+    # 64 is one leaf; 65 and 200 recurse with a ragged last block; at 300 both
+    # halves of the first split (128 and 172) are products by triangles.
     a = jr.normal(jr.key(n), (n, n))
     lower = jnp.linalg.cholesky(a @ a.T / n + jnp.eye(n))
     # Garbage above the diagonal must be ignored, as a Cholesky factor's is.
@@ -38,6 +39,19 @@ def test_inverse_lower_matches_triangular_solve(n):
     expected = jsl.solve_triangular(lower, jnp.eye(n), lower=True)
     np.testing.assert_allclose(inverse, expected, rtol=0, atol=1e-13)
     np.testing.assert_array_equal(jnp.triu(inverse, 1), 0.0)
+
+
+@pytest.mark.parametrize("m, n", [(7, 64), (7, 65), (130, 200), (1, 129)])
+def test_products_by_a_triangle_match_full_products(m, n):
+    # The zero upper-right block of the triangle is skipped; the result must be
+    # the full product's (a triangle of one leaf, one just over a leaf, and a
+    # ragged split).
+    t = jnp.tril(jr.normal(jr.key(n), (n, n)))
+    x = jr.normal(jr.key(m), (m, n))
+    left = jax.jit(dense_kernels._times_lower, static_argnums=2)(x, t, 64)
+    np.testing.assert_allclose(left, x @ t, rtol=0, atol=1e-12)
+    right = jax.jit(dense_kernels._lower_times, static_argnums=2)(t, x.T, 64)
+    np.testing.assert_allclose(right, t @ x.T, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("blocked", [True, False])

@@ -414,6 +414,7 @@ def benchmark(name: str, d: int, quick: bool, bj_maxiter: int, before=None) -> R
             log_joint,
             theta_init,
             lapsample.Newton(rtol=1e-16, atol=1e-16, xtol=1e-14),
+            lapsample.DenseHessian(),
         )
         tight_solve = value_fn(tight)
 

@@ -41,8 +41,11 @@ def _split(n: int, leaf: int) -> int:
 # The two products below skip a triangle's zero upper-right block: three products
 # on half-size blocks, 3/4 of a full product's flops. Measured on one core (AMD
 # EPYC, n = 1000): `inverse_lower` 14.3-19.0 → 11.5-12.2 CPU-ms, as fast as one
-# Cholesky factorisation; n = 300: 0.54-0.56 → 0.50-0.52. Skipping the block at the
-# top level of the recursion only was as fast as at every level.
+# Cholesky factorisation; n = 300: 0.54-0.56 → 0.50-0.52 (`benchmarks/kernels.py`
+# times both kernels against an earlier copy). Skipping the block at the first split
+# only was as fast as at every level; splitting the triangles' own diagonal blocks
+# again saved 7-8 % more at n = 911-1000, nothing at 300, for 0.1-0.4 n² more
+# temporaries, and is not done.
 
 
 def _times_lower(x: Float[Array, "m n"], t: Float[Array, "n n"], leaf: int):
@@ -74,9 +77,9 @@ def inverse_lower(
     inverses (recursively) and two matrix products by triangles (`_lower_times`,
     `_times_lower`). About `n³/2` flops, nearly all of them in matrix products,
     against `n³` for a triangular solve against the identity, whose XLA:CPU kernel
-    is also slower per flop. `leaf`
-    defaults to 64 up to n = 1024 and grows beyond so that there are at most about
-    16 leaves; off the CPU it is `n` (one solve against the identity).
+    is also slower per flop. `leaf` defaults to 64 up to n = 1024 and grows beyond
+    so that there are at most about 16 leaves; off the CPU it is `n` (one solve
+    against the identity).
     """
     n = lower.shape[0]
     if leaf is None:

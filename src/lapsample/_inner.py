@@ -18,6 +18,7 @@ from ._hoist import hoist
 from ._linesearch import backtracking_armijo
 from ._misc import (
     better_start,
+    consider_prediction,
     default_step_tolerance,
     default_tolerance,
     max_abs,
@@ -225,22 +226,14 @@ class Newton(AbstractInnerSolver):
         quadratic = hessian.exact and all(jax.tree.leaves(grad_affine))
         if starts is not None and not quadratic:
             # Two starts (a sampler's previous mode and a predicted one): the one
-            # with the lower objective, with the phi-only work shared; not compared
-            # where they are equal (a trajectory's first step). From any start one
-            # step solves a quadratic.
-            def choose(pair):
+            # with the lower objective, with the phi-only work shared. From any
+            # start one step solves a quadratic.
+            def choose(best, predicted):
                 # `fn` is minimised: its negative ranks the starts.
-                better = better_start(
-                    -objective(pair.predicted), -objective(pair.previous)
-                )
-                return jnp.where(better, pair.predicted, pair.previous)
+                better = better_start(-objective(predicted), -objective(best))
+                return jnp.where(better, predicted, best)
 
-            theta0 = jax.lax.cond(
-                jnp.any(starts.predicted != starts.previous),
-                choose,
-                lambda pair: pair.previous,
-                starts,
-            )
+            theta0 = consider_prediction(starts, choose, starts.previous)
         value, grad, factor, direction, decrement, ok = evaluate(theta0)
         if quadratic:
             # The gradient is affine in theta (proved from the operations that

@@ -158,6 +158,20 @@ def better_start(value: Array, best: Array) -> Array:
     return jnp.isfinite(value) & (~jnp.isfinite(best) | (value >= best))
 
 
+def consider_prediction(
+    theta_guess: WarmStart | PyTree | None, consider: Callable, best: PyTree
+) -> PyTree:
+    """`consider(best, predicted)` for a `WarmStart` of two arrays whose predicted
+    mode differs from its previous one; `best` otherwise. Where the two are equal
+    (a trajectory's first step) `lax.cond` skips the candidate's work, which every
+    solver that ranks its starts would otherwise repeat for nothing."""
+    if not isinstance(theta_guess, WarmStart):
+        return best
+    predicted = theta_guess.predicted
+    differs = jnp.any(predicted != theta_guess.previous)
+    return jax.lax.cond(differs, lambda b: consider(b, predicted), lambda b: b, best)
+
+
 def keep_warm_start(theta: PyTree, theta_guess: WarmStart | PyTree | None) -> PyTree:
     """`theta`, or the warm start `theta_guess` (a `WarmStart`'s previous mode)
     where `theta` is not finite: a failed solve must not poison the next warm

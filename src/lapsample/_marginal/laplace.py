@@ -301,7 +301,7 @@ class LaplaceMarginal(AbstractLaplaceMarginal):
         raveller = self.raveller
         guess = self.theta_init if theta_guess is None else theta_guess
         theta0 = map_starts(raveller.ravel, guess)
-        fn = self._negative_log_joint(raveller.ravel(previous_mode(guess)), phi)
+        fn = self._negative_log_joint(previous_mode(theta0), phi)
         value, theta_flat, result, num_steps = laplace_log_marginal(
             phi, fn, theta0, self.inner_solver, self.hessian
         )

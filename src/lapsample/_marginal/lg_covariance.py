@@ -15,7 +15,7 @@ from .._linalg.dense import (
     factor_finite,
     gram_of_lower_inverse,
 )
-from .._misc import better_start, previous_mode, WarmStart
+from .._misc import better_start, consider_prediction, previous_mode
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
 
@@ -168,17 +168,12 @@ def newton_in_a(
     if previous is not None:
         best = consider(best, latent_grad(previous))
         best = consider(best, jsl.cho_solve((chol_cov, True), previous - mean))
-    if isinstance(theta_guess, WarmStart):
-        # Two solves and a product with K (O(n²)), skipped where the prediction is
-        # the previous mode (a trajectory's first step from its initial point).
-        predicted = theta_guess.predicted
-        best = jax.lax.cond(
-            jnp.any(predicted != previous),
-            lambda b: consider(b, jsl.cho_solve((chol_cov, True), predicted - mean)),
-            lambda b: b,
-            best,
-        )
-    a0, theta0, psi0 = best
+    # Two solves and a product with K (O(n²)) for the prediction.
+    a0, theta0, psi0 = consider_prediction(
+        theta_guess,
+        lambda b, p: consider(b, jsl.cho_solve((chol_cov, True), p - mean)),
+        best,
+    )
 
     def trial_value(s, step):
         return psi(s.a + step * (s.a_new - s.a), s.theta + step * s.step_vector)

@@ -17,7 +17,7 @@ from .._linalg.banded import (
     blocks_inner,
     lower_bands_to_blocks,
 )
-from .._misc import better_start, WarmStart
+from .._misc import better_start, consider_prediction, previous_mode
 from .._results import RESULTS
 from .lg_newton import damped_newton, NewtonSettings
 
@@ -104,19 +104,20 @@ def _prec_evaluate(lik, params, band, q_blocks, mean, theta, num_steps, associat
 
 def newton_prec(lik, params, band, mean, theta_guess, settings: NewtonSettings):
     q_blocks = lower_bands_to_blocks(band)
+
     # The best start by the objective: the prior mean, the guess, and for a
     # `WarmStart` its predicted mode too.
-    theta0 = mean
-    psi0 = _prec_psi(lik, params, band, mean, mean)
-    if isinstance(theta_guess, WarmStart):
-        starts = (theta_guess.previous, theta_guess.predicted)
-    else:
-        starts = () if theta_guess is None else (theta_guess,)
-    for start in starts:
+    def consider(best, start):
+        theta0, psi0 = best
         psi_start = _prec_psi(lik, params, band, mean, start)
         better = better_start(psi_start, psi0)
-        theta0 = jnp.where(better, start, theta0)
-        psi0 = jnp.where(better, psi_start, psi0)
+        return jnp.where(better, start, theta0), jnp.where(better, psi_start, psi0)
+
+    best = (mean, _prec_psi(lik, params, band, mean, mean))
+    previous = previous_mode(theta_guess)
+    if previous is not None:
+        best = consider(best, previous)
+    theta0, _ = consider_prediction(theta_guess, consider, best)
 
     def evaluate(theta, num_steps):
         return _prec_evaluate(
